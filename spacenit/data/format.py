@@ -1,0 +1,140 @@
+"""The SpaceNit dataset on disk: `dataset.json` plus shards (see docs/format.md).
+
+`dataset.json` is the index: format version, sensors (bands, groups, GSD),
+tile size, and one record per sample (id, shard, row, CRS, bounds, dates,
+label, split). Every reader calls `load_dataset_info`, which checks the
+format version before anything else is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from spacenit.sensors import SensorSpec
+
+FORMAT_NAME = "spacenit-dataset"
+FORMAT_VERSION = 1
+DATASET_JSON = "dataset.json"
+
+
+class DatasetFormatError(ValueError):
+    """A dataset directory that is missing, unreadable or of another format version."""
+
+
+@dataclass
+class SampleRecord:
+    """Where one sample lives and what is known about it."""
+
+    id: str
+    shard: str  # shard path relative to the dataset root
+    row: int  # position of the sample inside its shard
+    crs: str | None = None  # e.g. "EPSG:32632"
+    bounds: tuple[float, float, float, float] | None = None  # left, bottom, right, top in `crs`
+    #: sensor -> one ISO date per timestep; "" marks a missing timestep.
+    dates: dict[str, list[str]] = field(default_factory=dict)
+    label: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SampleRecord:
+        bounds = tuple(d["bounds"]) if d.get("bounds") is not None else None
+        return cls(
+            id=d["id"], shard=d["shard"], row=int(d["row"]), crs=d.get("crs"), bounds=bounds,
+            dates={k: list(v) for k, v in (d.get("dates") or {}).items()},
+            label=d.get("label"), split=d.get("split"),
+        )  # fmt: skip
+
+
+@dataclass
+class DatasetInfo:
+    """The parsed `dataset.json`."""
+
+    sensors: dict[str, SensorSpec]
+    tile_size_px: int
+    gsd_m: float
+    #: sensor -> T, the number of timesteps stored per sample (missing ones are sentinel).
+    num_timesteps: dict[str, int]
+    samples: list[SampleRecord]
+    storage: str = "zarr"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({s.label for s in self.samples if s.label is not None})
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "storage": self.storage,
+            "tile_size_px": self.tile_size_px,
+            "gsd_m": self.gsd_m,
+            "num_timesteps": self.num_timesteps,
+            "sensors": {name: spec.to_dict() for name, spec in self.sensors.items()},
+            "num_samples": len(self.samples),
+            "classes": self.classes,
+            "samples": [asdict(s) for s in self.samples],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "dataset.json") -> DatasetInfo:
+        if d.get("format") != FORMAT_NAME:
+            raise DatasetFormatError(f"{source} is not a SpaceNit dataset index (format={d.get('format')!r})")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DatasetFormatError(
+                f"{source} has format version {version}, this SpaceNit reads version {FORMAT_VERSION}; "
+                "re-run `spacenit convert` with this version, or install the SpaceNit that wrote it"
+            )
+        return cls(
+            sensors={name: SensorSpec.from_dict(s) for name, s in d["sensors"].items()},
+            tile_size_px=int(d["tile_size_px"]),
+            gsd_m=float(d["gsd_m"]),
+            num_timesteps={k: int(v) for k, v in d["num_timesteps"].items()},
+            samples=[SampleRecord.from_dict(s) for s in d["samples"]],
+            storage=d.get("storage", "zarr"),
+            format_version=version,
+        )
+
+
+def write_json_atomic(path: Path, payload: dict | list) -> None:
+    """Write JSON so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_dataset_info(root: Path, info: DatasetInfo) -> Path:
+    path = Path(root) / DATASET_JSON
+    write_json_atomic(path, info.to_dict())
+    return path
+
+
+def load_dataset_info(root: str | Path) -> DatasetInfo:
+    root = Path(root)
+    path = root / DATASET_JSON
+    if not root.is_dir():
+        raise DatasetFormatError(f"dataset directory {root} does not exist; create it with `spacenit convert`")
+    if not path.is_file():
+        raise DatasetFormatError(
+            f"{root} has no {DATASET_JSON}: it is not a SpaceNit dataset, or its conversion "
+            "did not finish (re-run `spacenit convert`, which resumes)"
+        )
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{path} is not valid JSON ({e}); re-run `spacenit convert`") from None
+    return DatasetInfo.from_dict(payload, source=str(path))
