@@ -1,0 +1,27 @@
+"""The errors that mean "your input is wrong": the CLI prints them as one line, no traceback."""
+
+from __future__ import annotations
+
+from spacenit.config import ConfigError
+from spacenit.conversion.convert import ConversionError
+from spacenit.conversion.discover import InputLayoutError
+from spacenit.conversion.geotiff import RasterReadError
+from spacenit.data.format import DatasetFormatError
+from spacenit.data.stats import StatsError
+from spacenit.evaluation.embed import EmbedError
+from spacenit.evaluation.probe import ProbeError
+from spacenit.train.checkpoint import CheckpointError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    ConversionError,
+    InputLayoutError,
+    RasterReadError,
+    DatasetFormatError,
+    StatsError,
+    EmbedError,
+    ProbeError,
+    CheckpointError,
+    FileNotFoundError,
+    KeyError,
+)

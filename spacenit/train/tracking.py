@@ -1,0 +1,99 @@
+"""MLflow: the tracking callback, and logging + registering the encoder.
+
+Only this module (and evaluation's probe logging) imports mlflow; model and
+data code never talk to the tracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from spacenit import __version__
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "spacenit"
+DEFAULT_MODEL_NAME = "spacenit-encoder"
+DEFAULT_ALIAS = "champion"
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else a sqlite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def start_run(tracking_uri: str | None, experiment: str, run_name: str | None = None, tags: dict | None = None):
+    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    mlflow.set_experiment(experiment)
+    return mlflow.start_run(run_name=run_name, tags={"spacenit.version": __version__, **(tags or {})})
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class MLflowCallback:
+    """Logs the resolved config as params and the step metrics, from the main process only."""
+
+    def __init__(self, config_dict: dict[str, Any], log_every: int = 10) -> None:
+        self.config_dict = config_dict
+        self.log_every = log_every
+
+    def on_train_start(self, trainer) -> None:
+        mlflow.log_params(flatten(self.config_dict))
+        mlflow.log_params({"world_size": trainer.accelerator.num_processes})
+        mlflow.log_dict(self.config_dict, "config.json")
+
+    def on_step_end(self, trainer, step: int, metrics: dict[str, float]) -> None:
+        if step % self.log_every == 0 or step == trainer.total_steps:
+            mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+
+class EncoderPyfunc(mlflow.pyfunc.PythonModel):
+    """Serve a registered SpaceNit encoder: a dict of sensor arrays in, embeddings out."""
+
+    def load_context(self, context) -> None:
+        from spacenit.train.checkpoint import load_checkpoint
+
+        self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None):
+        from spacenit.evaluation.embed import embed_arrays
+
+        return embed_arrays(self.model, self.meta, model_input)
+
+
+def log_and_register_encoder(checkpoint_dir: Path, model_name: str, alias: str | None) -> tuple[str, str]:
+    """Log the checkpoint as a pyfunc model in the active run, register it, set `alias`.
+
+    Returns (models:/ URI, version).
+    """
+    info = mlflow.pyfunc.log_model(
+        name="encoder",
+        python_model=EncoderPyfunc(),
+        artifacts={"checkpoint": str(checkpoint_dir)},
+        registered_model_name=model_name,
+        # Explicit requirements: inferring them imports and inspects the whole environment.
+        pip_requirements=[f"spacenit=={__version__}"],
+    )
+    version = str(info.registered_model_version)
+    if alias:
+        MlflowClient().set_registered_model_alias(model_name, alias, version)
+    uri = f"models:/{model_name}@{alias}" if alias else f"models:/{model_name}/{version}"
+    return uri, version
