@@ -129,16 +129,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {compute_stats(args.dataset_dir, args.output)}")
         return 0
     if args.verb == "pretrain":
-        from spacenit.arch.models import PRESETS
-        from spacenit.config import apply_overrides
-        from spacenit.train.pretrain import PretrainConfig, pretrain
+        from spacenit.train.pretrain import build_config, pretrain
 
-        cfg = PretrainConfig.from_yaml(args.config) if args.config else PretrainConfig()
-        if args.model:
-            if args.model not in PRESETS:
-                raise KeyError(f"unknown model preset {args.model!r}; presets: {sorted(PRESETS)}")
-            cfg.model = PRESETS[args.model]
-        cfg = apply_overrides(cfg, args.overrides)
+        cfg = build_config(args.model, args.overrides, args.config)
         if args.dry_run:
             print(cfg.to_yaml(), end="")
             return 0

@@ -26,3 +26,32 @@ def shared_data() -> Path:
             f"real data folder {path} is absent; these tests need ../shared/data next to the repo"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`synthetic_dir` converted to a dataset (32 px tiles), with stats.json."""
+    from spacenit.conversion.convert import convert
+    from spacenit.data.stats import compute_stats
+
+    out = tmp_path_factory.mktemp("dataset") / "dataset"
+    report = convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, progress=False)
+    assert report.ok, report.failures
+    compute_stats(out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A few pretraining steps on the synthetic dataset, tracked in a sqlite MLflow store."""
+    from spacenit.config import apply_overrides
+    from spacenit.train.pretrain import PretrainConfig, pretrain
+
+    root = tmp_path_factory.mktemp("pretrain")
+    cfg = apply_overrides(
+        PretrainConfig(),
+        ["train.steps=4", "train.log_every=1", "train.global_batch_size=8", "model.depth=2", "model.decoder_depth=1"],
+    )
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    result = pretrain(synthetic_dataset, synthetic_dataset / "stats.json", root / "out", cfg, tracking_uri=tracking_uri)
+    return result, tracking_uri

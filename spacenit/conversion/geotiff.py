@@ -23,6 +23,9 @@ from rasterio.windows import Window
 
 from spacenit.sensors import SENTINEL, SensorSpec
 
+#: Relative pixel-size difference under which a raster counts as being at the requested GSD.
+GRID_TOLERANCE = 0.02
+
 
 class RasterReadError(ValueError):
     """A GeoTIFF that cannot be used; the message names the file and the fix."""
@@ -71,10 +74,12 @@ def reference_grid(path: Path, *, tile_size_px: int, gsd_m: float, assume_crs: s
     with open_raster(path) as src:
         crs = _crs_of(src, path, assume_crs)
         left, top = src.bounds.left, src.bounds.top
-        if crs.is_geographic:
-            # Metres mean nothing in degrees: keep the file's own pixel size.
-            res_x, res_y = src.res
-        else:
+        res_x, res_y = src.res
+        # Keep the anchor's own pixels when they are (nearly) the requested size: chips
+        # reprojected upstream come at 9.99 m, and resampling them to 10.00 m would only blur.
+        # Metres mean nothing in degrees, so geographic rasters keep their pixels too.
+        near = all(abs(r - gsd_m) <= GRID_TOLERANCE * gsd_m for r in (res_x, res_y))
+        if not (crs.is_geographic or near):
             res_x = res_y = gsd_m
     return Grid(crs, Affine(res_x, 0.0, left, 0.0, -res_y, top), tile_size_px, tile_size_px)
 

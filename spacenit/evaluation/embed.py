@@ -32,7 +32,7 @@ class EmbedError(ValueError):
 
 
 def resolve_model(model: str | Path, tracking_uri: str | None = None) -> Path:
-    """A checkpoint directory for `model`, downloading it from MLflow for a URI."""
+    """A checkpoint directory for `model` (a checkpoint, a pretrain output dir, or an MLflow URI)."""
     text = str(model)
     if text.startswith(("models:/", "runs:/")):
         import mlflow
@@ -46,7 +46,9 @@ def resolve_model(model: str | Path, tracking_uri: str | None = None) -> Path:
             if (c / "model.safetensors").is_file():
                 return c
         raise EmbedError(f"{text} holds no SpaceNit checkpoint (looked in {[str(c) for c in candidates]})")
-    return Path(model)
+    path = Path(model)
+    # Accept the pretrain output directory as well as the checkpoint inside it.
+    return path / "checkpoint" if (path / "checkpoint" / "model.safetensors").is_file() else path
 
 
 @dataclass

@@ -61,6 +61,20 @@ class PretrainConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def build_config(model_preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+                 config_path: str | Path | None = None) -> PretrainConfig:  # fmt: skip
+    """The resolved config: YAML file (or defaults), then a model preset, then dotted overrides."""
+    from spacenit.arch.models import PRESETS
+    from spacenit.config import apply_overrides
+
+    cfg = PretrainConfig.from_yaml(config_path) if config_path else PretrainConfig()
+    if model_preset:
+        if model_preset not in PRESETS:
+            raise KeyError(f"unknown model preset {model_preset!r}; presets: {sorted(PRESETS)}")
+        cfg.model = PRESETS[model_preset]
+    return apply_overrides(cfg, list(overrides))
+
+
 @dataclass
 class PretrainResult:
     checkpoint_dir: Path
@@ -98,7 +112,10 @@ def pretrain(
     alias: str | None = "champion",
     cpu: bool = False,
 ) -> PretrainResult:
-    """Pretrain an encoder; returns where the checkpoint and the registered model are."""
+    """Pretrain an encoder; returns where the checkpoint and the registered model are.
+
+    Writes `output_dir/checkpoint/` and `output_dir/pretrain_summary.json`.
+    """
     config = config or PretrainConfig()
     tc = config.train
     stats = load_stats(stats_path)  # fails early, naming the file, when stats are missing

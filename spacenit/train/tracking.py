@@ -28,8 +28,23 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def _artifact_root(tracking_uri: str) -> str | None:
+    """For a sqlite store, keep artifacts beside the database instead of in ./mlruns of the cwd."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def start_run(tracking_uri: str | None, experiment: str, run_name: str | None = None, tags: dict | None = None):
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    if client.get_experiment_by_name(experiment) is None:
+        root = _artifact_root(uri)
+        try:
+            client.create_experiment(experiment, artifact_location=f"{root}/{experiment}" if root else None)
+        except mlflow.exceptions.MlflowException:
+            pass  # another process created it first
     mlflow.set_experiment(experiment)
     return mlflow.start_run(run_name=run_name, tags={"spacenit.version": __version__, **(tags or {})})
 
@@ -86,7 +101,8 @@ def log_and_register_encoder(checkpoint_dir: Path, model_name: str, alias: str |
     """
     info = mlflow.pyfunc.log_model(
         name="encoder",
-        python_model=EncoderPyfunc(),
+        # A file path, not an object: the model is rebuilt from code, never unpickled.
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
         artifacts={"checkpoint": str(checkpoint_dir)},
         registered_model_name=model_name,
         # Explicit requirements: inferring them imports and inspects the whole environment.

@@ -1,0 +1,45 @@
+# SpaceNit: `make demo` runs the whole pipeline on synthetic data; `make test` runs the tests.
+# Both create .venv and install what they need first.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch goes in first, on its own: a bare `torch` requirement would pull a multi-GB CUDA
+# build. Override for a GPU machine, e.g. `make install TORCH_SPEC="torch==2.13.0 --index-url ..."`.
+TORCH_SPEC ?= torch==2.13.0
+INSTALLED := $(VENV)/.installed
+DEMO_DIR ?= demo-output
+
+.PHONY: install demo test lint compile clean bench
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+demo: $(INSTALLED)
+	rm -rf $(DEMO_DIR)
+	$(PY) -m spacenit.conversion.synthetic $(DEMO_DIR)/geotiffs --num-samples 64 --tile-size-px 32 --num-dates 3
+	$(PY) -m pipelines.spacenit_pipeline compile --output $(DEMO_DIR)/spacenit_pipeline.yaml
+	$(PY) -m pipelines.spacenit_pipeline run-local --input-dir $(DEMO_DIR)/geotiffs \
+		--pipeline-root $(DEMO_DIR)/pipeline-root --tracking-uri sqlite:///$(abspath $(DEMO_DIR))/mlflow.db \
+		--tile-size-px 32 --steps 150 --global-batch-size 16
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check spacenit components pipelines tests benchmarks
+
+test: $(INSTALLED) lint
+	$(VENV)/bin/pytest -q --timeout 900
+
+compile: $(INSTALLED)
+	$(PY) -m pipelines.spacenit_pipeline compile --output pipelines/spacenit_pipeline.yaml
+
+bench: $(INSTALLED)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

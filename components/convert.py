@@ -1,0 +1,57 @@
+"""KFP component of the `convert` stage: GeoTIFFs -> a SpaceNit dataset directory."""
+
+# No `from __future__ import annotations`: KFP reads the annotations as types.
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+import spacenit
+
+
+@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+def convert(
+    input_dir: str,
+    dataset: Output[Dataset],
+    layout: str = "auto",
+    sensor: str = "sentinel2_l1c",
+    tile_size_px: int = 64,
+    gsd_m: float = 10.0,
+    samples_per_shard: int = 64,
+    assume_crs: str = "",
+    workers: int = 1,
+):
+    """Convert the GeoTIFFs under `input_dir` into the dataset directory `dataset.path`.
+
+    Raises when no sample could be converted; inputs that failed are logged and
+    listed in `convert_report.json` inside the dataset, and the run goes on.
+    """
+    import logging
+
+    from spacenit.conversion.convert import REPORT_JSON
+    from spacenit.conversion.convert import convert as run_convert
+
+    report = run_convert(
+        input_dir,
+        dataset.path,
+        layout=layout,
+        sensor=sensor,
+        tile_size_px=tile_size_px,
+        gsd_m=gsd_m,
+        samples_per_shard=samples_per_shard,
+        assume_crs=assume_crs or None,
+        workers=workers,
+        progress=False,
+    )
+    for failure in report.failures:
+        logging.warning("convert: skipped %s: %s", failure.path, failure.reason)
+    if report.failures:
+        logging.warning(
+            "convert: %d input(s) failed; see %s/%s",
+            len(report.failures), dataset.path, REPORT_JSON,
+        )  # fmt: skip
+    dataset.metadata["num_samples"] = report.num_samples
+    dataset.metadata["num_shards"] = report.num_shards
+    dataset.metadata["num_failures"] = len(report.failures)
+    print(f"converted {report.num_samples} samples into {dataset.path}")
+
+
+convert_op = convert

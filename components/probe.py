@@ -1,0 +1,38 @@
+"""KFP component of the `probe` stage: embeddings -> kNN / linear probe metrics."""
+
+# No `from __future__ import annotations`: KFP reads the annotations as types.
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+
+import spacenit
+
+
+@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+def probe(
+    embeddings: Input[Dataset],
+    metrics: Output[Metrics],
+    report: Output[Artifact],
+    k: int = 20,
+    seed: int = 0,
+    test_fraction: float = 0.3,
+    tracking_uri: str = "",
+    experiment: str = "spacenit",
+):
+    """Probe the embeddings; metrics go to `metrics`, MLflow, and the JSON file `report.path`."""
+    from spacenit.evaluation.probe import probe as run_probe
+
+    values = run_probe(
+        embeddings.path,
+        report.path,
+        k=k,
+        seed=seed,
+        test_fraction=test_fraction,
+        tracking_uri=tracking_uri or None,
+        experiment=experiment,
+    )
+    for name, value in values.items():
+        metrics.log_metric(name, value)
+    print(values)
+
+
+probe_op = probe

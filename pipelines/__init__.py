@@ -1,0 +1,1 @@
+"""The SpaceNit Kubeflow pipeline: convert -> stats -> pretrain -> embed -> probe."""

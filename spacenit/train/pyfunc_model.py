@@ -1,0 +1,7 @@
+"""MLflow "model from code" entry: logging points MLflow at this file instead of pickling an object."""
+
+import mlflow
+
+from spacenit.train.tracking import EncoderPyfunc
+
+mlflow.models.set_model(EncoderPyfunc())

@@ -1,0 +1,24 @@
+"""Write small GeoTIFFs for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+
+def write_tif(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32632", res: float = 10.0,
+              origin=(500000.0, 5000000.0), nodata=None, descriptions=None) -> Path:  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count, height, width = data.shape
+    profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+                   transform=from_origin(*origin, res, res), nodata=nodata)  # fmt: skip
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            dst.descriptions = tuple(descriptions)
+    return path
