@@ -80,20 +80,6 @@ class MLflowCallback:
         pass
 
 
-class EncoderPyfunc(mlflow.pyfunc.PythonModel):
-    """Serve a registered SpaceNit encoder: a dict of sensor arrays in, embeddings out."""
-
-    def load_context(self, context) -> None:
-        from spacenit.train.checkpoint import load_checkpoint
-
-        self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"])
-
-    def predict(self, context, model_input, params=None):
-        from spacenit.evaluation.embed import embed_arrays
-
-        return embed_arrays(self.model, self.meta, model_input)
-
-
 def log_and_register_encoder(checkpoint_dir: Path, model_name: str, alias: str | None) -> tuple[str, str]:
     """Log the checkpoint as a pyfunc model in the active run, register it, set `alias`.
 
@@ -102,7 +88,7 @@ def log_and_register_encoder(checkpoint_dir: Path, model_name: str, alias: str |
     info = mlflow.pyfunc.log_model(
         name="encoder",
         # A file path, not an object: the model is rebuilt from code, never unpickled.
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        python_model=str(Path(__file__).parents[1] / "evaluation" / "pyfunc_model.py"),
         artifacts={"checkpoint": str(checkpoint_dir)},
         registered_model_name=model_name,
         # Explicit requirements: inferring them imports and inspects the whole environment.

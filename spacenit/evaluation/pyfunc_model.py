@@ -2,6 +2,6 @@
 
 import mlflow
 
-from spacenit.train.tracking import EncoderPyfunc
+from spacenit.evaluation.pyfunc import EncoderPyfunc
 
 mlflow.models.set_model(EncoderPyfunc())

@@ -1,0 +1,19 @@
+"""MLflow pyfunc flavour of the encoder, so a registered model can be loaded and served."""
+
+from __future__ import annotations
+
+import mlflow
+
+
+class EncoderPyfunc(mlflow.pyfunc.PythonModel):
+    """Serve a registered SpaceNit encoder: a dict of sensor arrays in, embeddings out."""
+
+    def load_context(self, context) -> None:
+        from spacenit.train.checkpoint import load_checkpoint
+
+        self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None):
+        from spacenit.evaluation.embed import embed_arrays
+
+        return embed_arrays(self.model, self.meta, model_input)
