@@ -16,7 +16,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from spacenit.arch.models import ModelConfig, SpaceNitModel, count_parameters
 from spacenit.config import Config
@@ -85,21 +84,6 @@ class PretrainResult:
     world_size: int
 
 
-class _ProgressBar:
-    def __init__(self, total: int) -> None:
-        self.bar = tqdm(total=total, desc="pretrain", unit="step")
-
-    def on_train_start(self, trainer) -> None:
-        pass
-
-    def on_step_end(self, trainer, step: int, metrics: dict[str, float]) -> None:
-        self.bar.update()
-        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
-
-    def on_train_end(self, trainer) -> None:
-        self.bar.close()
-
-
 def pretrain(
     dataset_dir: str | Path,
     stats_path: str | Path,
@@ -149,10 +133,11 @@ def pretrain(
     callbacks: list = []
     run = None
     if accelerator.is_main_process:
-        from spacenit.train.tracking import MLflowCallback, start_run
+        from spacenit.train.callbacks import MLflowCallback, ProgressBar
+        from spacenit.train.tracking import start_run
 
         run = start_run(tracking_uri, experiment, run_name="pretrain", tags={"spacenit.stage": "pretrain"})
-        callbacks = [_ProgressBar(tc.steps), MLflowCallback(config.to_dict(), tc.log_every)]
+        callbacks = [ProgressBar(tc.steps), MLflowCallback(config.to_dict(), tc.log_every)]
         log.info("model: %d encoder parameters, %d processes", count_parameters(model.encoder), world)
 
     trainer = Trainer(

@@ -60,26 +60,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class MLflowCallback:
-    """Logs the resolved config as params and the step metrics, from the main process only."""
-
-    def __init__(self, config_dict: dict[str, Any], log_every: int = 10) -> None:
-        self.config_dict = config_dict
-        self.log_every = log_every
-
-    def on_train_start(self, trainer) -> None:
-        mlflow.log_params(flatten(self.config_dict))
-        mlflow.log_params({"world_size": trainer.accelerator.num_processes})
-        mlflow.log_dict(self.config_dict, "config.json")
-
-    def on_step_end(self, trainer, step: int, metrics: dict[str, float]) -> None:
-        if step % self.log_every == 0 or step == trainer.total_steps:
-            mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
-
-    def on_train_end(self, trainer) -> None:
-        pass
-
-
 def log_and_register_encoder(checkpoint_dir: Path, model_name: str, alias: str | None) -> tuple[str, str]:
     """Log the checkpoint as a pyfunc model in the active run, register it, set `alias`.
 
