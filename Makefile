@@ -28,6 +28,8 @@ demo: $(INSTALLED)
 	$(PY) -m pipelines.spacenit_pipeline run-local --input-dir $(DEMO_DIR)/geotiffs \
 		--pipeline-root $(DEMO_DIR)/pipeline-root --tracking-uri sqlite:///$(abspath $(DEMO_DIR))/mlflow.db \
 		--tile-size-px 32 --steps 150 --global-batch-size 16
+	@echo "MLflow store: $(DEMO_DIR)/mlflow.db (browse: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/mlflow.db)"
+	@echo "compiled pipeline: $(DEMO_DIR)/spacenit_pipeline.yaml"
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check spacenit components pipelines tests benchmarks
