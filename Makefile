@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 INSTALLED := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 
-.PHONY: install demo test lint compile clean bench
+.PHONY: install demo test lint compile compile-check manifests clean bench
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ test: $(INSTALLED) lint
 
 compile: $(INSTALLED)
 	$(PY) -m pipelines.spacenit_pipeline compile --output pipelines/spacenit_pipeline.yaml
+
+# Fails when pipelines/spacenit_pipeline.yaml is not what the code compiles to (`make test` checks it too).
+compile-check: $(INSTALLED)
+	$(PY) -m pipelines.spacenit_pipeline compile --output $(DEMO_DIR)/compile-check/spacenit_pipeline.yaml
+	diff -u pipelines/spacenit_pipeline.yaml $(DEMO_DIR)/compile-check/spacenit_pipeline.yaml
+
+# Render every Kustomize overlay (needs kubectl; tests/test_manifests.py renders them without it).
+manifests:
+	for o in manifests/overlays/*/; do echo "# $$o"; kubectl kustomize $$o || exit 1; done
 
 bench: $(INSTALLED)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

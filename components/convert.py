@@ -1,4 +1,8 @@
-"""KFP component of the `convert` stage: GeoTIFFs -> a SpaceNit dataset directory."""
+"""KFP component of the `convert` stage: GeoTIFFs -> a SpaceNit dataset directory.
+
+The pipeline fans it out: partition i of n converts the samples whose index
+% n == i, and `components/merge.py` joins the partial datasets.
+"""
 
 # No `from __future__ import annotations`: KFP reads the annotations as types.
 from kfp import dsl
@@ -18,8 +22,12 @@ def convert(
     samples_per_shard: int = 64,
     assume_crs: str = "",
     workers: int = 1,
+    partition_index: int = 0,
+    partition_count: int = 1,
 ):
     """Convert the GeoTIFFs under `input_dir` into the dataset directory `dataset.path`.
+
+    With `partition_count` > 1, only partition `partition_index` of the samples.
 
     Raises when no sample could be converted; inputs that failed are logged and
     listed in `convert_report.json` inside the dataset, and the run goes on.
@@ -40,6 +48,8 @@ def convert(
         assume_crs=assume_crs or None,
         workers=workers,
         progress=False,
+        # One partition is the whole input.
+        partition=(partition_index, partition_count) if partition_count > 1 else None,
     )
     for failure in report.failures:
         logging.warning("convert: skipped %s: %s", failure.path, failure.reason)
@@ -51,7 +61,21 @@ def convert(
     dataset.metadata["num_samples"] = report.num_samples
     dataset.metadata["num_shards"] = report.num_shards
     dataset.metadata["num_failures"] = len(report.failures)
-    print(f"converted {report.num_samples} samples into {dataset.path}")
+    dataset.metadata["partition"] = f"{partition_index}/{partition_count}"
+    print(
+        f"converted {report.num_samples} samples (partition {partition_index}/{partition_count}) into {dataset.path}"
+    )
 
 
 convert_op = convert
+
+
+@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+def partition_indices(count: int) -> list:
+    """[0, 1, ..., count - 1]: the items the pipeline's ParallelFor over convert partitions iterates."""
+    if count < 1:
+        raise ValueError(f"convert_partitions must be >= 1, got {count}")
+    return list(range(count))
+
+
+partition_indices_op = partition_indices

@@ -17,9 +17,19 @@ def probe(
     test_fraction: float = 0.3,
     tracking_uri: str = "",
     experiment: str = "spacenit",
+    parent_run_id: str = "",
 ):
-    """Probe the embeddings; metrics go to `metrics`, MLflow, and the JSON file `report.path`."""
+    """Probe the embeddings; metrics go to `metrics`, MLflow, and the JSON file `report.path`.
+
+    The MLflow run nests under the pipeline's run `parent_run_id`.
+    """
+    import os
+
     from spacenit.evaluation.probe import probe as run_probe
+    from spacenit.train.tracking import PARENT_RUN_ENV
+
+    if parent_run_id:
+        os.environ[PARENT_RUN_ENV] = parent_run_id
 
     values = run_probe(
         embeddings.path,

@@ -3,42 +3,108 @@
     python -m pipelines.spacenit_pipeline compile [--output pipelines/spacenit_pipeline.yaml]
     python -m pipelines.spacenit_pipeline run-local --input-dir DIR --pipeline-root DIR \\
         --tracking-uri sqlite:///$PWD/mlflow.db [--steps N ...]
+    python -m pipelines.spacenit_pipeline submit --host URL --input-dir /data/raw [...]
 
 `compile` writes the pipeline spec to submit to Kubeflow Pipelines; `run-local`
-runs every stage here, in this Python environment, with kfp.local.
+runs every stage here, in this Python environment, with kfp.local (Kubernetes
+settings are ignored there); `submit` starts a run on a Kubeflow Pipelines
+server.
+
+The DAG, inside an exit handler that closes the pipeline's MLflow run:
+
+    start-run -> partition-indices -> ParallelFor(convert) -> merge -> stats
+        -> one of: pretrain (CPU) | pretrain on N GPUs (CUDA image) | pretrain-multinode (PyTorchJob)
+        -> evaluate: embed -> probe
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
 import argparse
 import json
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
-from kfp import compiler, dsl
-from kfp.dsl import Artifact, Dataset, Metrics, Model
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Dataset, Model
 
-from components.convert import convert_op
+import spacenit
+from components.convert import convert_op, partition_indices_op
 from components.embed import embed_op
+from components.merge import merge_op
+from components.mlflow_run import end_run_op, start_run_op
 from components.pretrain import pretrain_op
+from components.pretrain_multinode import DATA_MOUNT, TEMPLATE_MOUNT, pretrain_multinode_op
 from components.probe import probe_op
 from components.stats import stats_op
 
 PIPELINE_NAME = "spacenit"
 DEFAULT_YAML = Path(__file__).with_name("spacenit_pipeline.yaml")
 
+# Names of the Kubernetes objects the pipeline uses; manifests/base creates them.
+DATA_PVC = "spacenit-data"
+#: MLFLOW_TRACKING_URI (+ MLFLOW_TRACKING_USERNAME/PASSWORD when the server wants them).
+MLFLOW_SECRET = "spacenit-mlflow-client"
+MLFLOW_SECRET_KEYS = ["MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]
+#: S3-compatible object store: only needed where MLflow does not proxy artifacts.
+OBJECT_STORE_SECRET = "spacenit-object-store"
+OBJECT_STORE_KEYS = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"]
+TRAINING_TEMPLATE_CONFIGMAP = "spacenit-training-template"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+# Requests of the pretraining pod. Constants: kfp 2.17 compiles a pipeline parameter used
+# only in a resource request inside a dsl.If into a reference the branch never receives.
+PRETRAIN_CPU = "8"
+PRETRAIN_MEMORY = "32G"
 
-class Outputs(NamedTuple):
-    """The pipeline's outputs; kfp.local returns them as the run's `outputs`."""
 
-    dataset: Dataset
-    stats: Artifact
-    model: Model
-    embeddings: Dataset
-    metrics: Metrics
-    probe_report: Artifact
+def _with_mlflow_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Credentials as env from Kubernetes secrets (optional: a store without auth needs none)."""
+    kubernetes.use_secret_as_env(
+        task, MLFLOW_SECRET, {k: k for k in MLFLOW_SECRET_KEYS}, optional=True
+    )
+    kubernetes.use_secret_as_env(
+        task, OBJECT_STORE_SECRET, {k: k for k in OBJECT_STORE_KEYS}, optional=True
+    )
+    return task
+
+
+def _io_retries(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Reads and writes of volumes, the artifact store and MLflow: retry with backoff."""
+    return task.set_retry(
+        3, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s"
+    )
+
+
+@dsl.pipeline(name="evaluate", description="embed -> probe, for one trained encoder.")
+def evaluate(
+    model: Model,
+    dataset: Dataset,
+    k: int,
+    probe_test_fraction: float,
+    seed: int,
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str,
+):
+    embed_task = embed_op(model=model, dataset=dataset)
+    embed_task.set_cpu_request("2").set_memory_request("8G")
+    _io_retries(embed_task)
+
+    probe_task = probe_op(
+        embeddings=embed_task.outputs["embeddings"],
+        k=k,
+        seed=seed,
+        test_fraction=probe_test_fraction,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+    )
+    # It logs a run under this pipeline run: a cached result would log nothing.
+    probe_task.set_caching_options(False)
+    probe_task.set_cpu_request("1").set_memory_request("4G")
+    _with_mlflow_secrets(_io_retries(probe_task))
 
 
 @dsl.pipeline(
@@ -48,7 +114,8 @@ class Outputs(NamedTuple):
 def spacenit_pipeline(
     input_dir: str,
     tracking_uri: str = "",
-    experiment: str = "spacenit",
+    experiment: str = PIPELINE_NAME,
+    convert_partitions: int = 4,
     tile_size_px: int = 64,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
@@ -56,59 +123,131 @@ def spacenit_pipeline(
     global_batch_size: int = 16,
     model_preset: str = "spacenit_nano",
     pretrain_overrides: list[str] = [],  # noqa: B006 (KFP copies the default into the spec)
+    gpus_per_node: int = 0,
+    num_nodes: int = 1,
+    gpu_node_selector: dict = {},  # noqa: B006
+    data_pvc: str = DATA_PVC,
     register_as: str = "spacenit-encoder",
     alias: str = "champion",
     k: int = 20,
+    probe_test_fraction: float = 0.3,
     seed: int = 0,
-) -> Outputs:
-    """`tracking_uri` empty: the steps use $MLFLOW_TRACKING_URI of their container."""
-    convert_task = convert_op(
-        input_dir=input_dir, layout=layout, sensor=sensor, tile_size_px=tile_size_px
-    )
-    convert_task.set_cpu_request("1").set_memory_request("2G")
+):
+    """Every user-facing knob is a parameter; credentials come from Kubernetes secrets, never from here.
 
-    stats_task = stats_op(dataset=convert_task.outputs["dataset"])
-    stats_task.set_cpu_request("1").set_memory_request("2G")
-
-    pretrain_task = pretrain_op(
-        dataset=convert_task.outputs["dataset"],
-        stats=stats_task.outputs["stats"],
-        steps=steps,
-        global_batch_size=global_batch_size,
-        model_preset=model_preset,
-        seed=seed,
-        overrides=pretrain_overrides,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        register_as=register_as,
-        alias=alias,
+    `input_dir` is a directory of GeoTIFFs on the shared data PVC `data_pvc`, which
+    the convert steps mount at /data. `experiment` is the MLflow experiment (one per
+    pipeline by default); an empty `tracking_uri` means $MLFLOW_TRACKING_URI of the
+    steps (from the `spacenit-mlflow-client` secret). `gpus_per_node` = 0 trains on
+    CPU; > 0 trains in the CUDA image with `accelerate launch` on that many GPUs;
+    with `num_nodes` > 1 a PyTorchJob trains on num_nodes x gpus_per_node GPUs.
+    `gpu_node_selector` (e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})
+    picks the GPU nodes.
+    """
+    end_task = end_run_op(
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=tracking_uri, experiment=experiment
     )
-    # Training registers a new model version each run: never reuse a cached result.
-    pretrain_task.set_caching_options(False)
-    pretrain_task.set_cpu_request("4").set_memory_request("16G")
+    end_task.set_caching_options(False)
+    _with_mlflow_secrets(_io_retries(end_task))
+    with dsl.ExitHandler(end_task, name="tracked-run"):
+        run_task = start_run_op(
+            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            input_dir=input_dir,
+            model_preset=model_preset,
+            steps=steps,
+            global_batch_size=global_batch_size,
+            gpus_per_node=gpus_per_node,
+            num_nodes=num_nodes,
+            convert_partitions=convert_partitions,
+            seed=seed,
+            pretrain_overrides=pretrain_overrides,
+        )
+        run_task.set_caching_options(False)  # one MLflow run per pipeline run
+        _with_mlflow_secrets(_io_retries(run_task))
+        parent_run_id = run_task.output
 
-    embed_task = embed_op(
-        model=pretrain_task.outputs["model"], dataset=convert_task.outputs["dataset"]
-    )
-    embed_task.set_cpu_request("2").set_memory_request("8G")
+        # convert, fanned out over partitions of the input, then merged: pure, cached.
+        indices_task = partition_indices_op(count=convert_partitions)
+        with dsl.ParallelFor(indices_task.output, name="convert-partitions") as index:
+            convert_task = convert_op(
+                input_dir=input_dir,
+                layout=layout,
+                sensor=sensor,
+                tile_size_px=tile_size_px,
+                partition_index=index,
+                partition_count=convert_partitions,
+            )
+            convert_task.set_cpu_request("1").set_memory_request("2G")
+            kubernetes.mount_pvc(convert_task, pvc_name=data_pvc, mount_path=DATA_MOUNT)
+            _io_retries(convert_task)
+        merge_task = merge_op(parts=dsl.Collected(convert_task.outputs["dataset"]))
+        merge_task.set_cpu_request("1").set_memory_request("2G")
+        _io_retries(merge_task)
+        dataset = merge_task.outputs["dataset"]
 
-    probe_task = probe_op(
-        embeddings=embed_task.outputs["embeddings"],
-        k=k,
-        seed=seed,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-    )
-    probe_task.set_cpu_request("1").set_memory_request("4G")
+        stats_task = stats_op(dataset=dataset)
+        stats_task.set_cpu_request("1").set_memory_request("2G")
+        _io_retries(stats_task)
 
-    return Outputs(
-        dataset=convert_task.outputs["dataset"],
-        stats=stats_task.outputs["stats"],
-        model=pretrain_task.outputs["model"],
-        embeddings=embed_task.outputs["embeddings"],
-        metrics=probe_task.outputs["metrics"],
-        probe_report=probe_task.outputs["report"],
-    )
+        train_args = dict(
+            dataset=dataset,
+            stats=stats_task.outputs["stats"],
+            steps=steps,
+            global_batch_size=global_batch_size,
+            model_preset=model_preset,
+            seed=seed,
+            overrides=pretrain_overrides,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            parent_run_id=parent_run_id,
+            register_as=register_as,
+            alias=alias,
+        )
+        eval_args = dict(
+            dataset=dataset,
+            k=k,
+            probe_test_fraction=probe_test_fraction,
+            seed=seed,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            parent_run_id=parent_run_id,
+        )
+        # Training registers a new model version each run: never served from the cache,
+        # never retried by KFP (accelerate and the PyTorchJob handle their own failures).
+        # Each branch evaluates its own model: kfp.local cannot yet join artifacts of
+        # branches with dsl.OneOf.
+        with dsl.If(num_nodes > 1, name="multi-node"):
+            job_task = pretrain_multinode_op(num_nodes=num_nodes, gpus_per_node=gpus_per_node, data_pvc=data_pvc, **train_args)  # fmt: skip
+            job_task.set_caching_options(False)
+            job_task.set_cpu_request("1").set_memory_request("4G")
+            kubernetes.mount_pvc(job_task, pvc_name=data_pvc, mount_path=DATA_MOUNT)
+            kubernetes.use_config_map_as_volume(
+                job_task, TRAINING_TEMPLATE_CONFIGMAP, mount_path=TEMPLATE_MOUNT
+            )
+            evaluate(model=job_task.outputs["model"], **eval_args)
+        with dsl.Elif(gpus_per_node > 0, name="gpus"):
+            gpu_task = pretrain_op(gpus_per_node=gpus_per_node, **train_args)
+            gpu_task.set_caching_options(False)
+            gpu_task.set_container_image(spacenit.IMAGE_CUDA)
+            gpu_task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus_per_node)
+            gpu_task.set_cpu_request(PRETRAIN_CPU).set_memory_request(PRETRAIN_MEMORY)
+            kubernetes.add_toleration_json(gpu_task, GPU_TOLERATION)
+            kubernetes.add_node_selector_json(gpu_task, gpu_node_selector)
+            # accelerate's workers exchange tensors through /dev/shm (64 MiB by default).
+            kubernetes.empty_dir_mount(
+                gpu_task, "dshm", "/dev/shm", medium="Memory", size_limit="16Gi"
+            )
+            _with_mlflow_secrets(gpu_task)
+            evaluate(model=gpu_task.outputs["model"], **eval_args)
+        with dsl.Else(name="cpu"):
+            cpu_task = pretrain_op(gpus_per_node=0, **train_args)
+            cpu_task.set_caching_options(False)
+            cpu_task.set_cpu_request(PRETRAIN_CPU).set_memory_request(PRETRAIN_MEMORY)
+            _with_mlflow_secrets(cpu_task)
+            evaluate(model=cpu_task.outputs["model"], **eval_args)
 
 
 def compile_pipeline(output: str | Path = DEFAULT_YAML) -> Path:
@@ -125,11 +264,59 @@ class LocalRunResult:
 
     #: The probe metrics (knn_accuracy, linear_accuracy, majority_accuracy, num_train, ...).
     metrics: dict[str, float]
-    #: Output artifact paths under the pipeline root: dataset, stats, model (the
-    #: checkpoint directory), embeddings (a Zarr group), probe_report (JSON).
+    #: Output artifact paths under the pipeline root: dataset (merged), stats, model (the
+    #: pretrain output dir, with checkpoint/), embeddings (a Zarr group), probe_report (JSON).
     artifacts: dict[str, Path]
     #: Metadata of the model artifact: run_id, model_uri, version, final_loss, ...
     model_metadata: dict = field(default_factory=dict)
+    #: The MLflow run id of the pipeline run (the parent of the stage runs).
+    parent_run_id: str = ""
+    #: The local run's directory under the pipeline root.
+    run_dir: Path | None = None
+
+
+# (task, output) of each result artifact. The pipeline has no outputs (they cannot
+# leave its exit handler), so a local run reads them from the steps' executor outputs.
+_LOCAL_ARTIFACTS = {
+    "dataset": ("merge", "dataset"),
+    "stats": ("stats", "stats"),
+    "model": ("pretrain", "model"),
+    "embeddings": ("embed", "embeddings"),
+    "probe_report": ("probe", "report"),
+    "metrics": ("probe", "metrics"),
+}
+
+
+def _executor_outputs(run_dir: Path) -> dict[str, dict]:
+    """Task name -> its executor_output.json, for every step of a kfp.local run.
+
+    kfp.local writes each step's outputs to <pipeline root>/<run>/[<loop>/]<task>/. A
+    component used twice in the DAG has tasks `name` and `name-2`; only one ran.
+    """
+    outputs = {}
+    for path in sorted(run_dir.rglob("executor_output.json")):
+        outputs[re.sub(r"-\d+$", "", path.parent.name)] = json.loads(path.read_text())
+    return outputs
+
+
+def _local_result(run_dir: Path) -> LocalRunResult:
+    outputs = _executor_outputs(run_dir)
+    found = {}
+    for name, (task, key) in _LOCAL_ARTIFACTS.items():
+        try:
+            (artifact,) = outputs[task]["artifacts"][key]["artifacts"]
+        except KeyError as e:
+            raise RuntimeError(
+                f"{run_dir}: no output {key!r} of step {task!r} (steps: {sorted(outputs)})"
+            ) from e
+        found[name] = artifact
+    return LocalRunResult(
+        metrics=dict(found.pop("metrics")["metadata"]),
+        artifacts={name: Path(a["uri"]) for name, a in found.items()},
+        model_metadata=dict(found["model"]["metadata"]),
+        parent_run_id=outputs["start-run"]["parameterValues"]["Output"],
+        run_dir=run_dir,
+    )
 
 
 def run_local(
@@ -137,7 +324,8 @@ def run_local(
     pipeline_root: str | Path,
     tracking_uri: str,
     *,
-    experiment: str = "spacenit",
+    experiment: str = PIPELINE_NAME,
+    convert_partitions: int = 2,
     tile_size_px: int = 64,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
@@ -148,9 +336,10 @@ def run_local(
     register_as: str = "spacenit-encoder",
     alias: str = "champion",
     k: int = 20,
+    probe_test_fraction: float = 0.3,
     seed: int = 0,
 ) -> LocalRunResult:
-    """Run the whole pipeline here with kfp.local; each step is a subprocess of this interpreter.
+    """Run the whole pipeline here with kfp.local, on CPU; each step is a subprocess of this interpreter.
 
     Raises RuntimeError when a step fails (its log is printed above).
     """
@@ -158,6 +347,7 @@ def run_local(
 
     pipeline_root = Path(pipeline_root).resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
+    before = set(pipeline_root.iterdir())
     # SubprocessRunner runs each step with `sys.executable -m kfp.dsl.executor_main`
     # in the current environment (use_venv=False: no per-step venv, no installs).
     local.init(
@@ -171,12 +361,14 @@ def run_local(
         warnings.filterwarnings(
             "ignore", message=".*non-Python base image", category=RuntimeWarning
         )
-        # ... and that resource requests are ignored locally.
+        # ... and that resource requests, retries and Kubernetes settings are ignored locally.
         warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
-        task = spacenit_pipeline(
+        warnings.filterwarnings("ignore", message=".*not supported by the local runner")
+        spacenit_pipeline(
             input_dir=str(Path(input_dir).resolve()),
             tracking_uri=tracking_uri,
             experiment=experiment,
+            convert_partitions=convert_partitions,
             tile_size_px=tile_size_px,
             layout=layout,
             sensor=sensor,
@@ -187,23 +379,55 @@ def run_local(
             register_as=register_as,
             alias=alias,
             k=k,
+            probe_test_fraction=probe_test_fraction,
             seed=seed,
         )
-    outputs = task.outputs
-    return LocalRunResult(
-        metrics=dict(outputs["metrics"].metadata),
-        artifacts={
-            name: Path(outputs[name].path)
-            for name in ("dataset", "stats", "model", "embeddings", "probe_report")
-        },
-        model_metadata=dict(outputs["model"].metadata),
+    (run_dir,) = [
+        p for p in set(pipeline_root.iterdir()) - before if p.name.startswith(f"{PIPELINE_NAME}-")
+    ]
+    return _local_result(run_dir)
+
+
+def submit(
+    host: str,
+    arguments: dict,
+    *,
+    package: str | Path = DEFAULT_YAML,
+    experiment: str = PIPELINE_NAME,
+    run_name: str | None = None,
+    namespace: str | None = None,
+    service_account: str = "spacenit-pipeline",
+    existing_token: str | None = None,
+):
+    """Start a run of the compiled pipeline on a Kubeflow Pipelines server; returns kfp's RunPipelineResult."""
+    import kfp
+
+    client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=existing_token)
+    return client.create_run_from_pipeline_package(
+        str(package),
+        arguments=arguments,
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+        service_account=service_account,
     )
+
+
+def _param(text: str) -> tuple[str, object]:
+    """`name=value` of `submit --param`; the value is parsed as JSON when it is JSON."""
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipelines.spacenit_pipeline",
-        description="Compile the SpaceNit Kubeflow pipeline, or run it locally with kfp.local.",
+        description="Compile the SpaceNit Kubeflow pipeline, run it locally with kfp.local, or submit a run.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compile", help="write the pipeline YAML for Kubeflow Pipelines")
@@ -222,9 +446,14 @@ def _parser() -> argparse.ArgumentParser:
         "--pipeline-root", type=Path, required=True, help="where the steps' artifacts are written"
     )
     r.add_argument(
-        "--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///$PWD/mlflow.db"
+        "--tracking-uri",
+        required=True,
+        help="MLflow tracking URI, e.g. sqlite:///$PWD/mlflow.db or http://127.0.0.1:5000",
     )
-    r.add_argument("--experiment", default="spacenit")
+    r.add_argument("--experiment", default=PIPELINE_NAME)
+    r.add_argument(
+        "--convert-partitions", type=int, default=2, help="convert fan-out (default: %(default)s)"
+    )
     r.add_argument("--tile-size-px", type=int, default=64)
     r.add_argument("--layout", default="auto", choices=["auto", "samples", "class_folders"])
     r.add_argument("--sensor", default="sentinel2_l1c")
@@ -243,7 +472,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--alias", default="champion")
     r.add_argument("-k", type=int, default=20, help="neighbours for the kNN probe")
+    r.add_argument("--probe-test-fraction", type=float, default=0.3)
     r.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser(
+        "submit",
+        help="start a run of the compiled pipeline on a Kubeflow Pipelines server",
+        epilog="example: python -m pipelines.spacenit_pipeline submit --host http://localhost:8080 "
+        "--param input_dir=/data/raw --param gpus_per_node=1",
+    )
+    s.add_argument(
+        "--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080"
+    )
+    s.add_argument(
+        "--package",
+        type=Path,
+        default=DEFAULT_YAML,
+        help="compiled pipeline (default: %(default)s)",
+    )
+    s.add_argument("--param", dest="params", action="append", type=_param, default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter (repeatable); JSON values are parsed, e.g. gpu_node_selector='{\"a\": \"b\"}'")  # fmt: skip
+    s.add_argument(
+        "--experiment", default=PIPELINE_NAME, help="KFP experiment (default: %(default)s)"
+    )
+    s.add_argument("--run-name", default=None)
+    s.add_argument(
+        "--namespace", default=None, help="the Kubeflow profile namespace (multi-user installs)"
+    )
+    s.add_argument(
+        "--service-account", default="spacenit-pipeline", help="runs as (default: %(default)s)"
+    )
+    s.add_argument(
+        "--token",
+        dest="existing_token",
+        default=None,
+        help="bearer token for the KFP API, if it wants one",
+    )
     return p
 
 
@@ -253,11 +517,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {compile_pipeline(args.output)}")
         return 0
     options = vars(args)
-    options.pop("command")
+    command = options.pop("command")
+    if command == "submit":
+        result = submit(options.pop("host"), dict(options.pop("params")), **options)
+        print(f"run {result.run_id} started")
+        return 0
     result = run_local(**options)
     print("\nartifacts:")
     for name, path in result.artifacts.items():
         print(f"  {name}: {path}")
+    print(f"mlflow pipeline run: {result.parent_run_id}")
     print(
         f"model: {result.model_metadata.get('model_uri')} (mlflow run {result.model_metadata.get('run_id')})"
     )

@@ -608,6 +608,66 @@ def test_constraint_checks_catch_breakage(old, new):
     assert problems != []
 
 
+def installed_closure(root: str, extras: frozenset[str]) -> dict[str, list[Requirement]]:
+    """Every distribution `root[extras]` pulls in here -> the requirements placed on it.
+
+    Walks the installed metadata, evaluating markers for this interpreter and the
+    extras asked for (the image's Python may differ: 3.11 CPU, 3.12 CUDA).
+    """
+    wanted: dict[str, list[Requirement]] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(root, extras)]
+    while todo:
+        name, asked = todo.pop()
+        if (canonicalize_name(name), asked) in seen:
+            continue
+        seen.add((canonicalize_name(name), asked))
+        for text in importlib.metadata.distribution(name).requires or []:
+            req = Requirement(text)
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in asked or {""}):
+                continue
+            wanted.setdefault(canonicalize_name(req.name), []).append(req)
+            todo.append((req.name, frozenset(req.extras)))
+    return wanted
+
+
+def lock_problems(text: str, closure: dict[str, list[Requirement]]) -> list[str]:
+    """The constraints as a lock: every package of the closure pinned, at a version its dependents accept."""
+    pins, problems = read_pins(text)
+    for name, reqs in sorted(closure.items()):
+        pin = pins.get(name)
+        if pin is None:
+            problems.append(f"{name} (needed by {reqs[0]}) is not pinned")
+            continue
+        version = next(iter(pin.specifier)).version
+        problems += [
+            f"{pin} does not satisfy {req}"
+            for req in reqs
+            if not req.specifier.contains(version, prereleases=True)
+        ]
+    return problems
+
+
+def test_constraints_lock_the_whole_runtime_closure():
+    # What the CPU image installs: the package and its `server` extra, with every dependency.
+    closure = installed_closure("spacenit", frozenset({"server"}))
+    assert {"mlflow", "kfp", "boto3", "botocore", "psycopg2-binary", "sqlalchemy"} <= set(closure)
+    assert lock_problems(CONSTRAINTS.read_text(), closure) == []
+
+
+def test_lock_check_catches_a_gap_and_a_conflict():
+    closure = installed_closure("spacenit", frozenset({"server"}))
+    text = CONSTRAINTS.read_text()
+    assert any(
+        "botocore" in p
+        for p in lock_problems(text.replace("\nbotocore==", "\n# botocore=="), closure)
+    )
+    assert any(
+        "does not satisfy" in p
+        for p in lock_problems(text.replace("\nbotocore==1.44.8", "\nbotocore==1.0.0"), closure)
+    )
+
+
 # --------------------------------------------------------------------------------------
 # Image names: defined once in spacenit/__init__.py
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,277 @@
+"""A real `mlflow server` on 127.0.0.1, started with the arguments of the manifests' Deployment.
+
+`mlflow_server()` starts it (a sqlite backend and a local artifacts directory in
+place of PostgreSQL and the volume; everything else as deployed, --allowed-hosts
+and --serve-artifacts included) and stops it. These tests use it for the tracking
+and registry code over HTTP; tests/test_pipeline.py runs the whole local pipeline
+against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOYMENT = REPO / "manifests" / "base" / "mlflow" / "deployment.yaml"
+STARTUP_TIMEOUT_S = 90
+
+
+def _container() -> dict:
+    deployment = yaml.safe_load(DEPLOYMENT.read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["mlflow"]
+    return container
+
+
+def deployment_args() -> list[str]:
+    """`mlflow` arguments of the MLflow Deployment in manifests/base."""
+    return list(_container()["args"])
+
+
+def deployment_mlflow_env() -> dict[str, str]:
+    """The MLFLOW_* settings of the Deployment's environment."""
+    return {e["name"]: e["value"] for e in _container()["env"] if e["name"].startswith("MLFLOW_")}
+
+
+def local_server_args(root: Path, port: int) -> list[str]:
+    """The Deployment's arguments, with a sqlite store, a local artifacts directory, loopback and one worker."""
+    local = {
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--backend-store-uri": f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination": str(root / "artifacts"),
+        "--workers": "1",
+    }
+    args = []
+    for arg in deployment_args():
+        name, eq, _ = arg.partition("=")
+        args.append(f"{name}={local[name]}" if eq and name in local else arg)
+    missing = set(local) - {a.partition("=")[0] for a in args}
+    assert not missing, f"the Deployment no longer passes {missing}"
+    return args
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, host: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path) -> Iterator[str]:
+    """Start `mlflow server` under `root`; yield its URI; stop it (and its workers) at exit."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    command = [str(Path(sys.executable).with_name("mlflow")), *local_server_args(root, port)]
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")
+    } | deployment_mlflow_env()
+    # Its own process group, so stopping it stops its uvicorn workers too.
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with {server.returncode}:\n{(root / 'server.log').read_text()}"
+                )
+            with contextlib.suppress(OSError):
+                if _get(f"{uri}/health")[0] == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mlflow server not healthy after {STARTUP_TIMEOUT_S} s:\n{(root / 'server.log').read_text()}"
+                )
+            time.sleep(0.5)
+        yield uri
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_globals(monkeypatch):
+    """Tests here point MLflow's process-wide tracking URI and experiment at servers that stop."""
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+    from mlflow.tracking import fluent
+
+    for module, name in ((tracking_utils, "_tracking_uri"), (fluent, "_active_experiment_id")):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, getattr(module, name))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
+        yield uri
+
+
+def test_server_args_come_from_the_manifest(tmp_path):
+    args = local_server_args(tmp_path, 5555)
+    assert args[0] == "server" and "--serve-artifacts" in args
+    assert f"--backend-store-uri=sqlite:///{tmp_path / 'mlflow.db'}" in args
+    assert any(a.startswith("--allowed-hosts=") for a in args)
+
+
+@pytest.mark.timeout(180)
+def test_server_answers_the_cluster_host_names_only(server):
+    assert _get(f"{server}/health") == (200, "OK")
+    port = server.rsplit(":", 1)[1]
+    api = f"{server}/api/2.0/mlflow/experiments/search?max_results=1"
+    for host in (
+        "spacenit-mlflow:5000",
+        "spacenit-mlflow.kubeflow.svc.cluster.local:5000",
+        f"localhost:{port}",
+    ):
+        assert _get(api, host)[0] == 200, host
+    # --allowed-hosts is in force: another Host header (DNS rebinding) is refused.
+    assert _get(api, "attacker.example.com")[0] in (400, 403)
+
+
+@pytest.mark.timeout(300)
+def test_nested_runs_and_registered_encoder_over_http(
+    server, pretrained, synthetic_dataset, tmp_path, monkeypatch
+):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from spacenit.evaluation.embed import embed, load_embeddings
+    from spacenit.train import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result, _ = pretrained
+    parent = tracking.start_pipeline_run(
+        server, "server-test", kfp_run_id="kfp-1", kfp_run_name="run-1", params={"steps": 4}
+    )
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent)
+    with tracking.start_run(
+        server, "server-test", run_name="pretrain", tags={tracking.STAGE_TAG: "pretrain"}
+    ) as run:
+        mlflow.log_metric("train/loss", 0.25, step=4)
+        uri, version = tracking.log_and_register_encoder(
+            result.checkpoint_dir, "server-encoder", "champion"
+        )
+    assert (
+        tracking.end_pipeline_run(server, "server-test", kfp_run_id="kfp-1", state="SUCCEEDED")
+        == parent
+    )
+
+    client = MlflowClient(server)
+    child = client.get_run(run.info.run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    parent_run = client.get_run(parent)
+    assert parent_run.info.status == "FINISHED" and parent_run.data.params["steps"] == "4"
+    assert parent_run.data.metrics["pretrain.train/loss"] == 0.25
+
+    # The registered version says what it expects and how it did.
+    assert uri == "models:/server-encoder@champion"
+    mv = client.get_model_version_by_alias("server-encoder", "champion")
+    assert mv.version == version and mv.run_id == run.info.run_id
+    meta = json.loads((result.checkpoint_dir / "spacenit.json").read_text())
+    sensors = [s["name"] for s in meta["sensors"]]
+    assert mv.tags["spacenit.sensors"] == ",".join(sensors)
+    for sensor in meta["sensors"]:
+        assert mv.tags[f"spacenit.bands.{sensor['name']}"] == ",".join(sensor["bands"])
+    assert mv.tags["metric.train/loss"] == "0.25"
+    assert json.loads(mv.tags["spacenit.model"]) == meta["model"]
+
+    # `models:/name@alias` alone carries the weights and the metadata files.
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, tracking_uri=server, dst_path=str(tmp_path / "dl")
+        )
+    )
+    files = {p.name for p in (local / "artifacts" / "metadata").iterdir()}
+    assert files == {"config.json", "stats.json", "sensors.json", "metrics.json"}
+    assert (
+        json.loads((local / "artifacts" / "metadata" / "stats.json").read_text()) == meta["stats"]
+    )
+    assert yaml.safe_load((local / "MLmodel").read_text())["metadata"]["sensors"] == {
+        s["name"]: s["bands"] for s in meta["sensors"]
+    }
+    out = embed(uri, synthetic_dataset, tmp_path / "emb.zarr", tracking_uri=server)
+    assert load_embeddings(out).vectors.shape[0] == 24
+
+
+@pytest.mark.timeout(120)
+def test_end_run_marks_a_failed_pipeline(server, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from spacenit.train import tracking
+
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    parent = tracking.start_pipeline_run(server, "server-failures", kfp_run_id="kfp-2")
+    tracking.end_pipeline_run(
+        server, "server-failures", kfp_run_id="kfp-2", state="FAILED", error="convert: boom"
+    )
+    run = MlflowClient(server).get_run(parent)
+    assert run.info.status == "FAILED" and run.data.tags["kfp.error"] == "convert: boom"
+    # No run for this KFP run (it failed before start-run): nothing to close, no error.
+    assert (
+        tracking.end_pipeline_run(
+            server, "server-failures", kfp_run_id="never-started", state="FAILED"
+        )
+        is None
+    )
+
+
+def test_pipeline_run_lifecycle_on_a_sqlite_store(tmp_path, monkeypatch):
+    """The same parent/child bookkeeping without a server (`make demo`, `run-local` with sqlite)."""
+    from mlflow.tracking import MlflowClient
+
+    from spacenit.train import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_pipeline_run(
+        uri, "local", kfp_run_id="kfp-3", kfp_run_name="spacenit-local"
+    )
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent)
+    with tracking.start_run(
+        uri, "local", run_name="probe", tags={tracking.STAGE_TAG: "probe"}
+    ) as run:
+        import mlflow
+
+        mlflow.log_metric("knn_accuracy", 0.75)
+    tracking.end_pipeline_run(uri, "local", kfp_run_id="kfp-3", state="SUCCEEDED")
+    client = MlflowClient(uri)
+    assert client.get_run(run.info.run_id).data.tags["mlflow.parentRunId"] == parent
+    closed = client.get_run(parent)
+    assert closed.info.status == "FINISHED" and closed.data.metrics["probe.knn_accuracy"] == 0.75
+    assert closed.info.run_name == "spacenit-local"
+    # Artifacts of a sqlite store stay beside the database, not in the working directory.
+    assert client.get_experiment(closed.info.experiment_id).artifact_location.startswith(
+        (tmp_path / "mlartifacts").as_uri()
+    )
