@@ -10,6 +10,7 @@ from spacenit.data.format import DatasetFormatError
 from spacenit.data.stats import StatsError
 from spacenit.evaluation.embed import EmbedError
 from spacenit.evaluation.probe import ProbeError
+from spacenit.sensors import SensorSpecError
 from spacenit.train.checkpoint import CheckpointError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -21,6 +22,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     StatsError,
     EmbedError,
     ProbeError,
+    SensorSpecError,
     CheckpointError,
     FileNotFoundError,
     KeyError,

@@ -3,21 +3,27 @@
 A `SensorSpec` says what one sensor delivers: band names (the only way code
 selects bands), the spectral groups that are tokenized together, the native
 ground-sample distance of each group, and whether the sensor is spatial,
-temporal or categorical. The built-in table follows section 3.1 of the
-SpaceNit specification; users add their own sensor from a YAML file
-(`SensorRegistry.load_yaml`) without touching code.
+temporal or categorical. The built-in table covers the 18 sensors of section
+3.1 of the SpaceNit specification (docs/sensors.md lists them); users add
+their own sensor from a YAML file (`SensorRegistry.load_yaml`, or
+`spacenit convert --sensor-yaml`) without touching code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 #: Missing value, timestep or sensor. Never a real value; never enters stats or losses.
 SENTINEL = -99999.0
+
+
+class SensorSpecError(ValueError):
+    """A sensor definition that is incomplete or contradicts itself; the message says which field."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,9 @@ class BandGroup:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", tuple(self.bands))
         if not self.bands:
-            raise ValueError(f"band group {self.name!r} has no bands")
+            raise SensorSpecError(f"band group {self.name!r} has no bands")
+        if not self.gsd_m > 0:
+            raise SensorSpecError(f"band group {self.name!r} has gsd_m={self.gsd_m}; it must be > 0 metres")
 
 
 @dataclass(frozen=True)
@@ -42,26 +50,40 @@ class SensorSpec:
     #: Band names in the order files deliver them (and the order they are stored).
     bands: tuple[str, ...]
     groups: tuple[BandGroup, ...]
+    #: False for sensors stored as one value per band and timestep, `(T, C)` (ERA5).
     spatial: bool = True
+    #: False for static sensors (a DEM, a land-cover map): stored with T = 1.
     temporal: bool = True
+    #: True when values are class codes: warped with nearest neighbour, never z-scored.
     categorical: bool = False
     #: Wavelength centre per band in nanometres, where the band has one.
     wavelengths_nm: dict[str, float] = field(default_factory=dict)
-    #: Plausible (min, max) of the raw values, used to sanity-check inputs.
+    #: Plausible (min, max) of the raw values, in the units files deliver.
     value_range: tuple[float, float] = (-1e9, 1e9)
     description: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bands", tuple(self.bands))
         object.__setattr__(self, "groups", tuple(self.groups))
+        object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
+        if not self.name or not self.name.replace("_", "").isalnum():
+            raise SensorSpecError(f"sensor name {self.name!r} must be non-empty letters, digits and '_'")
+        if not self.bands:
+            raise SensorSpecError(f"sensor {self.name!r} has no bands")
         if len(set(self.bands)) != len(self.bands):
-            raise ValueError(f"sensor {self.name!r} lists a band twice: {self.bands}")
+            raise SensorSpecError(f"sensor {self.name!r} lists a band twice: {self.bands}")
         grouped = [b for g in self.groups for b in g.bands]
         if sorted(grouped) != sorted(self.bands):
-            raise ValueError(
+            raise SensorSpecError(
                 f"sensor {self.name!r}: the groups must cover every band exactly once; "
                 f"bands {self.bands}, grouped {grouped}"
             )
+        unknown = sorted(set(self.wavelengths_nm) - set(self.bands))
+        if unknown:
+            raise SensorSpecError(f"sensor {self.name!r} gives wavelengths for unknown bands {unknown}")
+        low, high = self.value_range
+        if not low < high:
+            raise SensorSpecError(f"sensor {self.name!r} has value_range {self.value_range}; it needs min < max")
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -74,12 +96,17 @@ class SensorSpec:
     def band_index(self, bands: Iterable[str]) -> list[int]:
         """Positions of `bands` in this sensor's band order; unknown names fail loudly."""
         order = {b: i for i, b in enumerate(self.band_names)}
+        bands = list(bands)
         missing = [b for b in bands if b not in order]
         if missing:
             raise KeyError(
                 f"sensor {self.name!r} has no band(s) {missing}; its bands are {list(self.band_names)}"
             )
         return [order[b] for b in bands]
+
+    def select(self, array: np.ndarray, bands: Iterable[str]) -> np.ndarray:
+        """The named `bands` of `array` (T, C, ...) stored in this sensor's band order."""
+        return array[:, self.band_index(bands)]
 
     @property
     def min_gsd_m(self) -> float:
@@ -94,21 +121,33 @@ class SensorSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> SensorSpec:
+        """Build a spec from plain data (YAML, dataset.json); unknown or missing fields fail by name."""
+        if not isinstance(d, dict):
+            raise SensorSpecError(f"a sensor definition must be a mapping, got {d!r}")
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise SensorSpecError(f"sensor {d.get('name')!r} has unknown field(s) {unknown}; valid fields: {sorted(valid)}")
+        missing = [k for k in ("name", "groups") if k not in d]
+        if missing:
+            raise SensorSpecError(f"sensor definition {d.get('name')!r} is missing the field(s) {missing}")
         try:
             groups = tuple(BandGroup(g["name"], tuple(g["bands"]), float(g["gsd_m"])) for g in d["groups"])
-            return cls(
-                name=d["name"],
-                bands=tuple(d.get("bands") or [b for g in groups for b in g.bands]),
-                groups=groups,
-                spatial=bool(d.get("spatial", True)),
-                temporal=bool(d.get("temporal", True)),
-                categorical=bool(d.get("categorical", False)),
-                wavelengths_nm={k: float(v) for k, v in (d.get("wavelengths_nm") or {}).items()},
-                value_range=tuple(d.get("value_range", (-1e9, 1e9))),
-                description=d.get("description", ""),
-            )
-        except KeyError as e:
-            raise ValueError(f"sensor definition is missing the field {e}: {d!r}") from None
+        except (KeyError, TypeError) as e:
+            raise SensorSpecError(
+                f"sensor {d['name']!r}: every group needs name, bands and gsd_m (problem: {e!r})"
+            ) from None
+        return cls(
+            name=str(d["name"]),
+            bands=tuple(d.get("bands") or [b for g in groups for b in g.bands]),
+            groups=groups,
+            spatial=bool(d.get("spatial", True)),
+            temporal=bool(d.get("temporal", True)),
+            categorical=bool(d.get("categorical", False)),
+            wavelengths_nm={k: float(v) for k, v in (d.get("wavelengths_nm") or {}).items()},
+            value_range=tuple(d.get("value_range", (-1e9, 1e9))),
+            description=str(d.get("description", "")),
+        )
 
 
 def _s2_wavelengths() -> dict[str, float]:
@@ -116,6 +155,11 @@ def _s2_wavelengths() -> dict[str, float]:
         "B01": 443, "B02": 490, "B03": 560, "B04": 665, "B05": 705, "B06": 740, "B07": 783,
         "B08": 842, "B8A": 865, "B09": 945, "B10": 1375, "B11": 1610, "B12": 2190,
     }  # fmt: skip
+
+
+def _single_band(name: str, band: str, gsd_m: float, **flags) -> SensorSpec:
+    """A one-band, one-group sensor (DEMs, maps, indices)."""
+    return SensorSpec(name=name, bands=(band,), groups=(BandGroup(band, (band,), gsd_m),), **flags)
 
 
 SENTINEL2_L2A = SensorSpec(
@@ -149,16 +193,7 @@ SENTINEL1 = SensorSpec(
     bands=("VV", "VH"),
     groups=(BandGroup("vv_vh", ("VV", "VH"), 10.0),),
     value_range=(-60, 40),
-    description="Sentinel-1 GRD backscatter in dB, VV and VH.",
-)
-
-SRTM = SensorSpec(
-    name="srtm",
-    bands=("elevation",),
-    groups=(BandGroup("elevation", ("elevation",), 30.0),),
-    temporal=False,
-    value_range=(-500, 9000),
-    description="SRTM digital elevation model, metres.",
+    description="Sentinel-1 IW GRD backscatter in dB, VV and VH.",
 )
 
 LANDSAT = SensorSpec(
@@ -171,10 +206,144 @@ LANDSAT = SensorSpec(
     wavelengths_nm={"B1": 443, "B2": 482, "B3": 562, "B4": 655, "B5": 865, "B6": 1609,
                     "B7": 2201, "B8": 590, "B9": 1373, "B10": 10895, "B11": 12005},  # fmt: skip
     value_range=(-2000, 65535),
-    description="Landsat 8/9 OLI/TIRS, 11 bands.",
+    description="Landsat 8/9 OLI/TIRS Collection 2 Level-1 digital numbers, 11 bands "
+    "(pan B8 and the thermal B10/B11 as delivered on the 30 m grid).",
 )
 
-BUILTIN_SENSORS: tuple[SensorSpec, ...] = (SENTINEL2_L2A, SENTINEL2_L1C, SENTINEL1, SRTM, LANDSAT)
+LANDSAT_SR = SensorSpec(
+    name="landsat_sr",
+    bands=("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"),
+    groups=(
+        BandGroup("vnir", ("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5"), 30.0),
+        BandGroup("swir", ("SR_B6", "SR_B7"), 30.0),
+    ),
+    wavelengths_nm={"SR_B1": 443, "SR_B2": 482, "SR_B3": 562, "SR_B4": 655, "SR_B5": 865,
+                    "SR_B6": 1609, "SR_B7": 2201},  # fmt: skip
+    value_range=(-10000, 65535),
+    description="Landsat 8/9 OLI surface reflectance (Collection 2 Level-2 or reflectance x 10000), 7 bands.",
+)
+
+_NAIP_BANDS = ("R", "G", "B", "NIR")
+_NAIP_WAVELENGTHS = {"R": 635.0, "G": 555.0, "B": 470.0, "NIR": 860.0}
+
+NAIP = SensorSpec(
+    name="naip",
+    bands=_NAIP_BANDS,
+    groups=(BandGroup("rgbn", _NAIP_BANDS, 0.6),),
+    temporal=False,
+    wavelengths_nm=_NAIP_WAVELENGTHS,
+    value_range=(0, 255),
+    description="USDA NAIP aerial imagery, red/green/blue/near-infrared, 8-bit, 0.6 m.",
+)
+
+NAIP_10 = SensorSpec(
+    name="naip_10",
+    bands=_NAIP_BANDS,
+    groups=(BandGroup("rgbn", _NAIP_BANDS, 10.0),),
+    temporal=False,
+    wavelengths_nm=_NAIP_WAVELENGTHS,
+    value_range=(0, 255),
+    description="NAIP resampled to 10 m, to pair with Sentinel-2 at its resolution.",
+)
+
+_ERA5_BANDS = (
+    "2m_temperature", "2m_dewpoint_temperature", "surface_pressure",
+    "10m_u_wind", "10m_v_wind", "total_precipitation",
+)  # fmt: skip
+
+ERA5 = SensorSpec(
+    name="era5",
+    bands=_ERA5_BANDS,
+    groups=(BandGroup("weather", _ERA5_BANDS, 27750.0),),
+    spatial=False,
+    value_range=(-1000, 120000),
+    description="ERA5 reanalysis (K, Pa, m/s, m): one value per band and timestep, the footprint mean.",
+)
+
+WORLDCOVER = _single_band(
+    "worldcover", "landcover_class", 10.0, temporal=False, categorical=True, value_range=(0, 100),
+    description="ESA WorldCover land-cover classes (10 tree cover ... 100 moss and lichen), 10 m.",
+)  # fmt: skip
+
+SRTM = _single_band(
+    "srtm", "elevation", 30.0, temporal=False, value_range=(-500, 9000),
+    description="SRTM digital elevation model, metres.",
+)  # fmt: skip
+
+_OSM_CATEGORIES = (
+    "aerialway_pylon", "aerodrome", "airstrip", "amenity_fuel", "building", "chimney",
+    "communications_tower", "crane", "flagpole", "fountain", "generator_wind", "helipad",
+    "highway", "leisure", "lighthouse", "obelisk", "observatory", "parking", "petroleum_well",
+    "power_plant", "power_substation", "power_tower", "river", "runway", "satellite_dish",
+    "silo", "storage_tank", "taxiway", "water_tower", "works",
+)  # fmt: skip
+
+OPENSTREETMAP_RASTER = SensorSpec(
+    name="openstreetmap_raster",
+    bands=_OSM_CATEGORIES,
+    groups=(BandGroup("features", _OSM_CATEGORIES, 2.5),),
+    temporal=False,
+    categorical=True,
+    value_range=(0, 255),
+    description="OpenStreetMap features rasterized to 30 presence bands, 2.5 m.",
+)
+
+CDL = _single_band(
+    "cdl", "crop_type", 30.0, temporal=False, categorical=True, value_range=(0, 255),
+    description="USDA Cropland Data Layer crop-type codes, 30 m.",
+)  # fmt: skip
+
+_WORLDCEREAL_PRODUCTS = (
+    "temporarycrops", "maize_main_irrigation", "maize_main", "maize_second_irrigation",
+    "maize_second", "springcereals", "wintercereals_irrigation", "wintercereals",
+)  # fmt: skip
+
+WORLDCEREAL = SensorSpec(
+    name="worldcereal",
+    bands=_WORLDCEREAL_PRODUCTS,
+    groups=(BandGroup("products", _WORLDCEREAL_PRODUCTS, 10.0),),
+    temporal=False,
+    categorical=True,
+    value_range=(0, 255),
+    description="ESA WorldCereal classification products (8 crop / irrigation maps), 10 m.",
+)
+
+WORLDPOP = _single_band(
+    "worldpop", "population", 100.0, temporal=False, value_range=(0, 100000),
+    description="WorldPop people per pixel, 100 m.",
+)  # fmt: skip
+
+WRI_CANOPY_HEIGHT = _single_band(
+    "wri_canopy_height", "canopy_height", 1.0, temporal=False, value_range=(0, 120),
+    description="WRI / Meta global canopy height, metres, 1 m.",
+)  # fmt: skip
+
+_GSE_BANDS = tuple(f"A{i:02d}" for i in range(64))
+
+GSE = SensorSpec(
+    name="gse",
+    bands=_GSE_BANDS,
+    groups=(BandGroup("embedding", _GSE_BANDS, 10.0),),
+    temporal=False,
+    value_range=(-1, 1),
+    description="Google Satellite Embedding (AlphaEarth), 64 dimensions per 10 m pixel.",
+)
+
+NDVI = _single_band(
+    "ndvi", "ndvi", 10.0, value_range=(-1, 1),
+    description="Normalized difference vegetation index from Sentinel-2 (B08 - B04) / (B08 + B04).",
+)  # fmt: skip
+
+EUROCROPS = _single_band(
+    "eurocrops", "crop_class", 10.0, temporal=False, categorical=True, value_range=(0, 2**24),
+    description="EuroCrops harmonised crop classes (indices below 2**24, exact in float32).",
+)  # fmt: skip
+
+BUILTIN_SENSORS: tuple[SensorSpec, ...] = (
+    SENTINEL2_L2A, SENTINEL2_L1C, SENTINEL1, LANDSAT, LANDSAT_SR, NAIP, NAIP_10, ERA5,
+    WORLDCOVER, SRTM, OPENSTREETMAP_RASTER, CDL, WORLDCEREAL, WORLDPOP, WRI_CANOPY_HEIGHT,
+    GSE, NDVI, EUROCROPS,
+)  # fmt: skip
 
 
 class SensorRegistry:
@@ -186,8 +355,11 @@ class SensorRegistry:
             self.register(s)
 
     def register(self, spec: SensorSpec, *, replace: bool = False) -> None:
-        if spec.name in self._sensors and not replace:
-            raise ValueError(f"sensor {spec.name!r} is already registered")
+        if spec.name in self._sensors and not replace and self._sensors[spec.name] != spec:
+            raise SensorSpecError(
+                f"sensor {spec.name!r} is already registered with another definition; "
+                "pick a new name for your sensor"
+            )
         self._sensors[spec.name] = spec
 
     def get(self, name: str) -> SensorSpec:
@@ -207,17 +379,31 @@ class SensorRegistry:
     def __iter__(self) -> Iterator[SensorSpec]:
         return iter(self._sensors.values())
 
+    def __len__(self) -> int:
+        return len(self._sensors)
+
     def names(self) -> list[str]:
         return sorted(self._sensors)
 
     def load_yaml(self, path: str | Path) -> list[SensorSpec]:
-        """Register every sensor in a YAML file (a mapping or a list under `sensors:`)."""
-        text = Path(path).read_text()
-        doc = yaml.safe_load(text)
+        """Register every sensor in a YAML file: one mapping, a list, or a list under `sensors:`.
+
+        Loaded with `yaml.safe_load`; errors name the file and the faulty field.
+        """
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise SensorSpecError(f"{path} is not valid YAML: {e}") from None
         entries = doc.get("sensors", [doc]) if isinstance(doc, dict) else doc
-        specs = [SensorSpec.from_dict(e) for e in entries]
-        for s in specs:
-            self.register(s)
+        if not isinstance(entries, list) or not entries:
+            raise SensorSpecError(f"{path} holds no sensor definition (a mapping, or a list under `sensors:`)")
+        try:
+            specs = [SensorSpec.from_dict(e) for e in entries]
+            for s in specs:
+                self.register(s)
+        except SensorSpecError as e:
+            raise SensorSpecError(f"{path}: {e}") from None
         return specs
 
 

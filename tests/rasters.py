@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 
 
 def write_tif(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32632", res: float = 10.0,
@@ -14,7 +14,7 @@ def write_tif(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32632", r
     path.parent.mkdir(parents=True, exist_ok=True)
     count, height, width = data.shape
     profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
-                   transform=from_origin(*origin, res, res), nodata=nodata)  # fmt: skip
+                   transform=Affine(res, 0.0, origin[0], 0.0, -res, origin[1]), nodata=nodata)  # fmt: skip
     if crs:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as dst:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject, transform
 
+from spacenit.cli import main
 from spacenit.conversion.convert import ConversionError, convert
 from spacenit.conversion.discover import InputLayoutError
+from spacenit.conversion.merge import MergeError, merge_datasets
 from spacenit.data.format import FORMAT_VERSION, DatasetFormatError, load_dataset_info
 from spacenit.data.shards import DatasetReader
 from spacenit.sensors import SENTINEL, SENTINEL2_L1C
@@ -169,11 +176,20 @@ def test_directory_without_tiffs_is_a_clear_error(tmp_path: Path) -> None:
         convert(tmp_path / "in", tmp_path / "out", progress=False)
 
 
-def test_unknown_sensor_folder_is_a_clear_error(tmp_path: Path) -> None:
+def test_unknown_sensor_folder_fails_its_sample_only(tmp_path: Path) -> None:
     write_tif(tmp_path / "in" / "s1" / "sentinel2_l2a" / "2021-01-01.tif", np.ones((12, 32, 32), np.uint16))
     write_tif(tmp_path / "in" / "s1" / "hyperspectral9000" / "2021-01-01.tif", np.ones((3, 32, 32), np.uint16))
-    with pytest.raises(KeyError, match="hyperspectral9000"):
-        convert(tmp_path / "in", tmp_path / "out", tile_size_px=32, progress=False)
+    write_tif(tmp_path / "in" / "s2" / "sentinel2_l2a" / "2021-01-01.tif", np.ones((12, 32, 32), np.uint16))
+    report = convert(tmp_path / "in", tmp_path / "out", tile_size_px=32, progress=False)
+    assert report.num_samples == 1 and [f.sample_id for f in report.failures] == ["s1"]
+    assert "unknown sensor folder 'hyperspectral9000'" in report.failures[0].reason
+    assert report.failures[0].path.endswith("hyperspectral9000")
+
+
+def test_unknown_sensor_name_lists_the_known_ones(tmp_path: Path) -> None:
+    write_tif(tmp_path / "in" / "A" / "x.tif", np.ones((13, 8, 8), np.uint16))
+    with pytest.raises(KeyError, match=r"unknown sensor 'sentinel3'.*sentinel2_l1c"):
+        convert(tmp_path / "in", tmp_path / "out", sensor="sentinel3", progress=False)
 
 
 def test_readers_check_the_format_version(synthetic_dataset: Path, tmp_path: Path) -> None:
@@ -184,3 +200,184 @@ def test_readers_check_the_format_version(synthetic_dataset: Path, tmp_path: Pat
     (copy / "dataset.json").write_text(json.dumps(payload))
     with pytest.raises(DatasetFormatError, match="format version"):
         DatasetReader(copy)
+
+
+def test_duplicate_sample_ids_are_reported_naming_each_other(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for cls in ("Forest", "River"):
+        write_tif(tmp_path / "in" / cls / "chip_7.tif", rng.integers(1, 3000, (13, 16, 16), dtype=np.uint16))
+    write_tif(tmp_path / "in" / "River" / "chip_8.tif", rng.integers(1, 3000, (13, 16, 16), dtype=np.uint16))
+    report = convert(tmp_path / "in", tmp_path / "out", tile_size_px=16, progress=False)
+    assert report.num_samples == 1
+    assert sorted(f.path for f in report.failures) == [
+        str(tmp_path / "in" / "Forest" / "chip_7.tif"), str(tmp_path / "in" / "River" / "chip_7.tif")
+    ]  # fmt: skip
+    for failure in report.failures:  # each names the other file with its id
+        other = failure.path.replace("Forest", "X").replace("River", "Forest").replace("X", "River")
+        assert "occurs 2 times" in failure.reason and other in failure.reason
+
+
+# --- the reference grid: warping, padding, nodata, categorical and non-spatial sensors ---
+
+_ANCHOR_ORIGIN = (500_000.0, 5_000_000.0)  # EPSG:32632, 32 x 32 px at 10 m
+
+
+def _sample_with(tmp_path: Path, sensor: str, data: np.ndarray, **tif) -> Path:
+    """A samples-layout input: a 10 m Sentinel-2 anchor plus one file of `sensor`."""
+    root = tmp_path / "in"
+    rng = np.random.default_rng(4)
+    write_tif(root / "s" / "sentinel2_l2a" / "2021-06-01.tif", rng.integers(1, 3000, (12, 32, 32), dtype=np.uint16),
+              origin=_ANCHOR_ORIGIN)  # fmt: skip
+    write_tif(root / "s" / sensor / "2021-06-01.tif", data, **tif)
+    return root
+
+
+def _reference_warp(path: Path, resampling: Resampling) -> np.ndarray:
+    """rasterio.warp.reproject of the whole file onto the anchor's 32 px grid: the independent reference."""
+    out = np.full((1, 32, 32), SENTINEL, np.float32)
+    with rasterio.open(path) as src:
+        reproject(
+            source=src.read(out_dtype=np.float32), destination=out, src_transform=src.transform, src_crs=src.crs,
+            src_nodata=src.nodata, dst_transform=Affine(10, 0, _ANCHOR_ORIGIN[0], 0, -10, _ANCHOR_ORIGIN[1]),
+            dst_crs="EPSG:32632", dst_nodata=SENTINEL, resampling=resampling,
+        )  # fmt: skip
+    return out
+
+
+def _origin_in_32633() -> tuple[float, float]:
+    """A point north-west of the anchor, in the next UTM zone, so the DEM covers the tile."""
+    xs, ys = transform(CRS.from_epsg(32632), CRS.from_epsg(32633), [_ANCHOR_ORIGIN[0]], [_ANCHOR_ORIGIN[1]])
+    return xs[0] - 200.0, ys[0] + 200.0
+
+
+def test_other_crs_and_resolution_is_warped_bilinear_like_rasterio(tmp_path: Path) -> None:
+    y, x = np.mgrid[0:30, 0:30]
+    dem = (100 + 3 * x + 2 * y + 5 * np.sin(x / 3.0)).astype(np.float32)[None]
+    dem[0, 0, :] = -32768  # a nodata row at the top
+    root = _sample_with(tmp_path, "srtm", dem, crs="EPSG:32633", res=30.0, origin=_origin_in_32633(), nodata=-32768)
+    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
+    got = DatasetReader(tmp_path / "out")[0].data["srtm"][0]
+    expected = _reference_warp(root / "s" / "srtm" / "2021-06-01.tif", Resampling.bilinear)
+    assert (got == SENTINEL).sum() == (expected == SENTINEL).sum()
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    valid = got != SENTINEL
+    assert got[valid].min() >= 100 - 1e-3  # the nodata value never leaks into the interpolation
+
+
+def test_categorical_sensor_is_warped_nearest(tmp_path: Path) -> None:
+    classes = np.random.default_rng(5).choice(np.array([10, 20, 30, 80], np.uint8), size=(1, 20, 20))
+    root = _sample_with(tmp_path, "worldcover", classes, crs="EPSG:32633", res=20.0, origin=_origin_in_32633())
+    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
+    got = DatasetReader(tmp_path / "out")[0].data["worldcover"][0]
+    assert set(np.unique(got)) <= {10.0, 20.0, 30.0, 80.0, SENTINEL}
+    expected = _reference_warp(root / "s" / "worldcover" / "2021-06-01.tif", Resampling.nearest)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_small_raster_is_padded_and_nan_becomes_sentinel(tmp_path: Path) -> None:
+    vv_vh = np.random.default_rng(6).normal(-15, 3, (2, 20, 20)).astype(np.float32)
+    vv_vh[1, 3, 4] = np.nan
+    root = _sample_with(tmp_path, "sentinel1", vv_vh, origin=_ANCHOR_ORIGIN)
+    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
+    got = DatasetReader(tmp_path / "out")[0].data["sentinel1"][0]
+    assert got.shape == (2, 32, 32)
+    assert got[1, 3, 4] == SENTINEL
+    expected = np.where(np.isnan(vv_vh), SENTINEL, vv_vh)
+    np.testing.assert_array_equal(got[:, :20, :20], expected)
+    assert (got[:, 20:, :] == SENTINEL).all() and (got[:, :, 20:] == SENTINEL).all()
+
+
+def test_non_spatial_sensor_is_the_footprint_mean(tmp_path: Path) -> None:
+    weather = np.stack([np.full((4, 4), v, np.float32) for v in (290.0, 280.0, 101325.0, 3.0, -1.0, 0.002)])
+    root = _sample_with(tmp_path, "era5", weather, crs="EPSG:4326", res=0.25, origin=(8.5, 45.5))
+    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
+    sample = DatasetReader(tmp_path / "out")[0]
+    assert sample.data["era5"].shape == (1, 6)
+    np.testing.assert_allclose(sample.data["era5"][0], weather[:, 0, 0], rtol=1e-6)
+
+
+def test_presence_mask_marks_missing_timesteps(synthetic_dataset: Path) -> None:
+    reader = DatasetReader(synthetic_dataset)
+    for i, record in enumerate(reader.records):
+        sample = reader[i]
+        assert sample.present["srtm"].tolist() == [True]
+        for t, present in enumerate(sample.present["sentinel1"]):
+            assert present == (record.dates["sentinel1"][t] != "")
+            assert present or (sample.data["sentinel1"][t] == SENTINEL).all()
+
+
+# --- parallel, resumable, partitioned ---
+
+
+def _arrays_by_id(root: Path) -> dict[str, dict[str, np.ndarray]]:
+    return {s.id: s.data for s in DatasetReader(root)}
+
+
+def test_two_workers_give_the_same_dataset(synthetic_dir: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+    report = convert(synthetic_dir, tmp_path / "ds", tile_size_px=32, samples_per_shard=10, workers=2, progress=False)
+    assert report.ok
+    assert load_dataset_info(tmp_path / "ds").to_dict() == load_dataset_info(synthetic_dataset).to_dict()
+    one, two = _arrays_by_id(synthetic_dataset), _arrays_by_id(tmp_path / "ds")
+    for sample_id, data in one.items():
+        for sensor, array in data.items():
+            np.testing.assert_array_equal(two[sample_id][sensor], array)
+
+
+def test_changed_input_redoes_its_shard_and_stale_shards_go(synthetic_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, progress=False)
+    first_file = sorted(synthetic_dir.glob("*/sentinel2_l2a/*.tif"))[0]
+    shutil.copytree(synthetic_dir, tmp_path / "in")
+    (tmp_path / "in" / first_file.relative_to(synthetic_dir)).touch()
+    (out / "shards" / ".tmp-0000-shard-00009.zarr").mkdir()  # left by a killed run
+    report = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=10, progress=False)
+    assert report.shards_skipped == 0  # new paths: every fingerprint changed
+    report = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=24, progress=False)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-00000.zarr"]
+    os.utime(tmp_path / "in" / first_file.relative_to(synthetic_dir), ns=(1, 1))
+    report = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=12, progress=False)
+    again = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=12, progress=False)
+    assert report.shards_skipped == 0 and again.shards_skipped == 2
+    os.utime(tmp_path / "in" / first_file.relative_to(synthetic_dir), ns=(2, 2))
+    assert convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=12, progress=False).shards_skipped == 1
+
+
+def test_partitions_merge_into_the_full_dataset(synthetic_dir: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+    parts = [tmp_path / f"part-{i}" for i in range(3)]
+    ids = []
+    for i, part in enumerate(parts):
+        report = convert(synthetic_dir, part, tile_size_px=32, samples_per_shard=4, partition=(i, 3), progress=False)
+        assert report.partition == (i, 3)
+        ids.append([r.id for r in load_dataset_info(part).samples])
+    all_ids = [r.id for r in load_dataset_info(synthetic_dataset).samples]
+    assert ids == [all_ids[i::3] for i in range(3)]  # position in the sorted list % count == index
+
+    merged = merge_datasets(parts, tmp_path / "merged")
+    assert sorted(r.id for r in merged.samples) == sorted(all_ids)
+    assert len({r.shard for r in merged.samples}) == len(list((tmp_path / "merged" / "shards").iterdir()))
+    expected, got = _arrays_by_id(synthetic_dataset), _arrays_by_id(tmp_path / "merged")
+    for sample_id, data in expected.items():
+        for sensor, array in data.items():
+            np.testing.assert_array_equal(got[sample_id][sensor], array)
+    report = json.loads((tmp_path / "merged" / "convert_report.json").read_text())
+    assert report["num_samples"] == 24 and report["merged_from"] == [str(p) for p in parts]
+
+
+def test_merge_refuses_duplicate_ids_and_mismatched_parts(synthetic_dir: Path, tmp_path: Path) -> None:
+    convert(synthetic_dir, tmp_path / "a", tile_size_px=32, partition=(0, 2), progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")
+    with pytest.raises(MergeError, match=r"is in both .*/a and .*/a-copy"):
+        merge_datasets([tmp_path / "a", tmp_path / "a-copy"], tmp_path / "merged")
+    convert(synthetic_dir, tmp_path / "b", tile_size_px=16, partition=(1, 2), progress=False)
+    with pytest.raises(MergeError, match=r"differs from .* in \['tile_size_px'\]"):
+        merge_datasets([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
+
+
+def test_cli_exit_code_says_whether_anything_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _good_and_bad(tmp_path, "empty.tif", b"")
+    assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out"), "--tile-size-px", "16"]) == 1
+    assert "empty.tif" in capsys.readouterr().err
+    (tmp_path / "in" / "Forest" / "empty.tif").unlink()
+    assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out2"), "--tile-size-px", "16"]) == 0
+    assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out3"), "--assume-crs", "EPSG:nope"]) == 2
+    assert "is not a CRS" in capsys.readouterr().err

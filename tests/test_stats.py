@@ -8,10 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spacenit.conversion.convert import convert
 from spacenit.data.shards import DatasetReader
 from spacenit.data.standardizer import Standardizer
-from spacenit.data.stats import RunningMoments, StatsError, band_values, load_stats
-from spacenit.sensors import SENTINEL
+from spacenit.data.stats import (
+    PERCENTILES,
+    RunningMoments,
+    SensorAccumulator,
+    SensorStats,
+    StatsError,
+    band_values,
+    compute_stats,
+    load_stats,
+)  # fmt: skip
+from spacenit.sensors import SENTINEL, WORLDCOVER
+from tests.rasters import write_tif
 
 
 def test_stats_json_matches_numpy_over_all_samples(synthetic_dataset: Path) -> None:
@@ -71,3 +82,95 @@ def test_standardizer_refuses_stats_of_other_bands(synthetic_dataset: Path) -> N
 def test_missing_stats_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
     with pytest.raises(StatsError, match=r"nope\.json does not exist.*spacenit stats"):
         load_stats(tmp_path / "nope.json")
+
+
+def _whole(reader: DatasetReader, sensor: str, indexes=None) -> np.ndarray:
+    """Every value of each band over the chosen samples, in memory: the numpy reference. (C, N) float64."""
+    indexes = range(len(reader)) if indexes is None else indexes
+    return np.concatenate([band_values(reader[i].data[sensor]) for i in indexes], axis=1).astype(np.float64)
+
+
+def test_percentiles_are_within_a_bucket_of_numpy(synthetic_dataset: Path) -> None:
+    stats = json.loads((synthetic_dataset / "stats.json").read_text())
+    reader = DatasetReader(synthetic_dataset)
+    for sensor in ("sentinel2_l2a", "sentinel1"):  # reflectance (positive) and dB (negative)
+        whole = _whole(reader, sensor)
+        for q in PERCENTILES:
+            got = np.array(stats["sensors"][sensor]["percentiles"][f"p{q:g}"])
+            exact = np.array([np.percentile(band[band != SENTINEL], q) for band in whole])
+            np.testing.assert_allclose(got, exact, rtol=2**-7)
+
+
+def test_many_workers_and_a_seeded_subset_agree_with_numpy(synthetic_dataset: Path, tmp_path: Path) -> None:
+    one = json.loads(compute_stats(synthetic_dataset, tmp_path / "one.json", progress=False).read_text())
+    two = json.loads(compute_stats(synthetic_dataset, tmp_path / "two.json", workers=2, progress=False).read_text())
+    assert one == two  # partials merge in shard order, whatever the number of workers
+
+    subset = compute_stats(synthetic_dataset, tmp_path / "sub.json", max_samples=7, seed=3, progress=False)
+    got = json.loads(subset.read_text())
+    again = json.loads(compute_stats(synthetic_dataset, tmp_path / "sub2.json", max_samples=7, seed=3, progress=False).read_text())
+    assert got == again and got["num_samples"] == 7 and got["subset"] == {"max_samples": 7, "seed": 3}
+    chosen = np.sort(np.random.default_rng(3).choice(24, size=7, replace=False))
+    whole = _whole(DatasetReader(synthetic_dataset), "sentinel2_l2a", chosen)
+    for c, band in enumerate(whole):
+        values = band[band != SENTINEL]
+        assert got["sensors"]["sentinel2_l2a"]["count"][c] == values.size
+        np.testing.assert_allclose(got["sensors"]["sentinel2_l2a"]["mean"][c], values.mean(), rtol=1e-6)
+        np.testing.assert_allclose(got["sensors"]["sentinel2_l2a"]["std"][c], values.std(), rtol=1e-6)
+
+
+def test_sentinel_values_never_count_in_the_histogram() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(-99_500.0, 300.0, size=(2, 5000)).astype(np.float32)  # real values near the sentinel
+    values[:, ::3] = SENTINEL
+    acc = SensorAccumulator.of(values, categorical=False)
+    for c in range(2):
+        real = values[c][values[c] != SENTINEL].astype(np.float64)
+        assert acc.histogram.counts[c].sum() == real.size == acc.moments.count[c]
+        (p50,) = acc.histogram.percentiles((50.0,), acc.moments.min, acc.moments.max)[0][c : c + 1]
+        np.testing.assert_allclose(p50, np.percentile(real, 50), rtol=2**-7)
+
+
+def test_categorical_bands_get_class_counts(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    classes = rng.choice(np.array([10, 20, 30, 80], np.uint8), size=(1, 32, 32))
+    for i in range(3):
+        write_tif(tmp_path / "in" / f"s{i}" / "worldcover" / "map.tif", classes if i else np.full_like(classes, 10), nodata=0)
+    write_tif(tmp_path / "in" / "s3" / "worldcover" / "map.tif", np.where(classes == 80, 0, classes).astype(np.uint8), nodata=0)
+    convert(tmp_path / "in", tmp_path / "ds", tile_size_px=32, progress=False)
+    stats = json.loads(compute_stats(tmp_path / "ds", progress=False).read_text())["sensors"]["worldcover"]
+    whole = _whole(DatasetReader(tmp_path / "ds"), "worldcover")[0]
+    values, counts = np.unique(whole[whole != SENTINEL], return_counts=True)
+    assert stats["categorical"] is True and "percentiles" not in stats
+    assert stats["class_counts"] == [{str(int(v)): int(n) for v, n in zip(values, counts, strict=True)}]
+
+
+def test_standardizer_two_std_scaling_and_band_order_by_name(synthetic_dataset: Path) -> None:
+    reader = DatasetReader(synthetic_dataset)
+    stats = load_stats(synthetic_dataset / "stats.json")
+    s1 = stats["sentinel1"]
+    x = reader[0].data["sentinel1"].copy()
+    x[0, 1, 2, 2] = SENTINEL
+    out = Standardizer(stats, reader.info.sensors, method="two_std")("sentinel1", x)
+    expected = (x[0, 0, 5, 5] - (s1.mean[0] - 2 * s1.std[0])) / (4 * s1.std[0])
+    np.testing.assert_allclose(out[0, 0, 5, 5], expected, rtol=1e-5)
+    assert out[0, 1, 2, 2] == SENTINEL
+    # Stats listing the bands in another order are applied by name.
+    stats["sentinel1"] = SensorStats(s1.bands[::-1], s1.mean[::-1], s1.std[::-1])
+    swapped = Standardizer(stats, reader.info.sensors, method="two_std")("sentinel1", x)
+    np.testing.assert_array_equal(swapped, out)
+
+
+def test_standardizer_leaves_categorical_sensors_alone() -> None:
+    classes = np.array([[[[10.0, 20.0], [SENTINEL, 80.0]]]], np.float32)
+    stats = {"worldcover": SensorStats(["landcover_class"], np.array([40.0]), np.array([20.0]))}
+    out = Standardizer(stats, {"worldcover": WORLDCOVER})("worldcover", classes)
+    np.testing.assert_array_equal(out, classes)
+
+
+def test_stats_of_another_version_are_refused(synthetic_dataset: Path, tmp_path: Path) -> None:
+    payload = json.loads((synthetic_dataset / "stats.json").read_text())
+    payload["stats_version"] = 1
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    with pytest.raises(StatsError, match=r"stats version 1.*spacenit stats"):
+        load_stats(tmp_path / "old.json")

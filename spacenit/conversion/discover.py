@@ -1,19 +1,28 @@
-"""Find the GeoTIFFs of each sample from a directory convention.
+"""Find the GeoTIFFs of each sample: from a directory convention or a manifest.
 
-Two layouts are understood:
+Two directory layouts are understood:
 
-* ``samples``: ``<root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif``, with optional
-  labels in ``<root>/labels.csv`` (columns ``sample_id,label[,split]``).
-  Sensors without time (a DEM) may use any file name.
+* ``samples``: ``<root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif`` (one multiband
+  file per date) or ``<root>/<sample_id>/<sensor>/<YYYY-MM-DD>/<band>.tif``
+  (one file per band), with optional labels in ``<root>/labels.csv`` (columns
+  ``sample_id,label[,split]``). Static sensors (a DEM) may use any file name.
 * ``class_folders`` (EuroSAT): ``<root>/[<split>/]<class>/<file>.tif``; every file
   is one sample of one sensor (``--sensor``, default Sentinel-2 L1C), labelled
   by its folder.
+
+A manifest (CSV or JSON lines) is read by `spacenit.conversion.manifest`.
+
+A sample that cannot be converted for a reason found here (an unknown sensor
+folder, a path outside the input root, a duplicate id) keeps that reason in
+`SampleInput.problem`; `convert` lists it in its failure report while every
+good sample is converted.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +31,28 @@ from spacenit.sensors import REGISTRY
 TIFF_SUFFIXES = (".tif", ".tiff")
 _DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 _SPLITS = {"train", "val", "validation", "test"}
+LAYOUTS = ("auto", "samples", "class_folders", "manifest")
 
 
 class InputLayoutError(ValueError):
     """The input directory does not follow a layout SpaceNit understands."""
+
+
+@dataclass(frozen=True)
+class RasterFile:
+    """One GeoTIFF and the bands it holds."""
+
+    path: Path
+    #: Band names in the file's band order; None: the file holds all of the sensor's bands.
+    bands: tuple[str, ...] | None = None
+
+
+@dataclass
+class Acquisition:
+    """One timestep of one sensor: one multiband file, or one file per band."""
+
+    date: str  # ISO date, or "" when unknown
+    rasters: list[RasterFile]
 
 
 @dataclass
@@ -33,10 +60,27 @@ class SampleInput:
     """The files of one sample, before conversion."""
 
     id: str
-    #: sensor -> [(ISO date or "", path)], sorted by date
-    files: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)
+    #: sensor -> acquisitions, sorted by date
+    files: dict[str, list[Acquisition]] = field(default_factory=dict)
     label: str | None = None
     split: str | None = None
+    #: Why this sample cannot be converted, when discovery already knows it.
+    problem: str | None = None
+    #: The input the problem is about (defaults to the sample's first file).
+    problem_path: str | None = None
+
+    def paths(self) -> list[Path]:
+        return [r.path for acquisitions in self.files.values() for a in acquisitions for r in a.rasters]
+
+    def first_path(self) -> str:
+        paths = self.paths()
+        return str(paths[0]) if paths else self.id
+
+    def fail(self, reason: str, path: str | Path | None = None) -> None:
+        """Mark the sample as bad (the first reason wins)."""
+        if self.problem is None:
+            self.problem = reason
+            self.problem_path = str(path) if path is not None else self.first_path()
 
 
 def _is_tiff(p: Path) -> bool:
@@ -58,11 +102,21 @@ def detect_layout(root: Path) -> str:
     return "class_folders"
 
 
-def discover(root: str | Path, layout: str = "auto", sensor: str = "sentinel2_l1c") -> list[SampleInput]:
-    """List the samples under `root`. Raises InputLayoutError naming what is wrong."""
+def discover(
+    root: str | Path, layout: str = "auto", sensor: str = "sentinel2_l1c", manifest: str | Path | None = None
+) -> list[SampleInput]:
+    """List the samples under `root`, duplicates marked. Raises InputLayoutError naming what is wrong."""
     root = Path(root)
     if not root.is_dir():
         raise InputLayoutError(f"input directory {root} does not exist")
+    if layout not in LAYOUTS:
+        raise InputLayoutError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if manifest is not None or layout == "manifest":
+        from spacenit.conversion.manifest import read_manifest
+
+        if manifest is None:
+            raise InputLayoutError("the manifest layout needs a manifest file (--manifest FILE.csv|.jsonl)")
+        return read_manifest(manifest, root)
     if not any(root.iterdir()):
         raise InputLayoutError(
             f"input directory {root} is empty; put GeoTIFFs in it as "
@@ -72,16 +126,27 @@ def discover(root: str | Path, layout: str = "auto", sensor: str = "sentinel2_l1
         layout = detect_layout(root)
     if layout == "samples":
         samples = _discover_samples(root)
-    elif layout == "class_folders":
-        REGISTRY.get(sensor)  # unknown sensor names fail here, with the known list
-        samples = _discover_class_folders(root, sensor)
     else:
-        raise InputLayoutError(f"unknown layout {layout!r}; use auto, samples or class_folders")
+        REGISTRY.get(sensor)  # unknown sensor names fail here, with the known list
+        samples = mark_duplicates(_discover_class_folders(root, sensor))
     if not samples:
         raise InputLayoutError(
             f"no GeoTIFFs (*.tif, *.tiff) found under {root} in the {layout!r} layout; expected "
             "<sample>/<sensor>/<date>.tif or <class>/<file>.tif"
         )
+    return samples
+
+
+def mark_duplicates(samples: list[SampleInput]) -> list[SampleInput]:
+    """Mark every sample whose id occurs more than once, naming the other files with that id."""
+    by_id: dict[str, list[SampleInput]] = defaultdict(list)
+    for s in samples:
+        by_id[s.id].append(s)
+    for same in by_id.values():
+        if len(same) > 1:
+            for s in same:
+                others = [o.first_path() for o in same if o is not s]
+                s.fail(f"sample id {s.id!r} occurs {len(same)} times (also {', '.join(others)}); ids must be unique")
     return samples
 
 
@@ -105,14 +170,30 @@ def _discover_samples(root: Path) -> list[SampleInput]:
     for sample_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         sample = SampleInput(id=sample_dir.name)
         for sensor_dir in sorted(p for p in sample_dir.iterdir() if p.is_dir()):
-            REGISTRY.get(sensor_dir.name)  # fails with the list of known sensors
-            files = sorted((date_from_name(p.name), p) for p in sensor_dir.iterdir() if _is_tiff(p))
-            if files:
-                sample.files[sensor_dir.name] = files
+            acquisitions = _acquisitions(sensor_dir)
+            if not acquisitions:
+                continue
+            sample.files[sensor_dir.name] = acquisitions
+            if sensor_dir.name not in REGISTRY:
+                sample.fail(
+                    f"unknown sensor folder {sensor_dir.name!r}; known sensors: {REGISTRY.names()} "
+                    "(or add yours with --sensor-yaml)",
+                    sensor_dir,
+                )
         if sample.files:
             sample.label, sample.split = labels.get(sample.id, (None, None))
             samples.append(sample)
     return samples
+
+
+def _acquisitions(sensor_dir: Path) -> list[Acquisition]:
+    """`<date>.tif` files (multiband) and `<date>/<band>.tif` folders (one file per band)."""
+    acquisitions = [Acquisition(date_from_name(p.name), [RasterFile(p)]) for p in sensor_dir.iterdir() if _is_tiff(p)]
+    for date_dir in (p for p in sensor_dir.iterdir() if p.is_dir()):
+        rasters = [RasterFile(p, (p.stem,)) for p in sorted(date_dir.iterdir()) if _is_tiff(p)]
+        if rasters:
+            acquisitions.append(Acquisition(date_from_name(date_dir.name), rasters))
+    return sorted(acquisitions, key=lambda a: (a.date, str(a.rasters[0].path)))
 
 
 def _discover_class_folders(root: Path, sensor: str) -> list[SampleInput]:
@@ -127,7 +208,6 @@ def _discover_class_folders(root: Path, sensor: str) -> list[SampleInput]:
             )
         label = rel[-2]
         split = rel[-3] if len(rel) >= 3 and rel[-3].lower() in _SPLITS else None
-        samples.append(
-            SampleInput(id=path.stem, files={sensor: [(date_from_name(path.name), path)]}, label=label, split=split)
-        )
+        acquisition = Acquisition(date_from_name(path.name), [RasterFile(path)])
+        samples.append(SampleInput(id=path.stem, files={sensor: [acquisition]}, label=label, split=split))
     return samples

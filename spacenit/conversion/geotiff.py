@@ -1,14 +1,23 @@
 """Read GeoTIFFs onto a sample's reference grid.
 
 Every spatial sensor of a sample is brought onto one grid: the CRS and
-top-left corner of the sample's first (finest) raster, `gsd_m` pixels, and
-`tile_size_px` x `tile_size_px` pixels. Files already on that grid are read
-directly; others are warped with rasterio (bilinear for continuous bands,
-nearest for categorical ones). Nodata and NaN become the sentinel.
+top-left corner of the sample's anchor raster (the first file of its finest
+sensor), `gsd_m` pixels, and `tile_size_px` x `tile_size_px` pixels, so larger
+rasters are cropped and smaller ones padded. Files already on that grid are
+read directly; others are warped with rasterio (bilinear for continuous
+bands, nearest for categorical ones) from the window that covers the tile.
+Nodata, NaN and infinities become the sentinel.
+
+A raster without a CRS needs `assume_crs`. One without any georeferencing at
+all (BigEarthNet's bare arrays) is then placed with its top-left corner at
+(0, 0) and pixels of its sensor's finest native GSD: enough to align the
+sensors of one sample, though not to place it on Earth.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +26,22 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
-from rasterio.warp import reproject
-from rasterio.windows import Window
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.transform import array_bounds
+from rasterio.warp import reproject, transform_bounds
+from rasterio.windows import Window, from_bounds
 
+from spacenit.conversion.discover import Acquisition, RasterFile
 from spacenit.sensors import SENTINEL, SensorSpec
 
 #: Relative pixel-size difference under which a raster counts as being at the requested GSD.
 GRID_TOLERANCE = 0.02
+#: Source pixels read around a tile's footprint, so the resampling kernel sees its neighbours.
+WARP_MARGIN_PX = 2
+#: In a band list, the name of a file band that belongs to no sensor band (a derived ratio).
+SKIP_BAND = "_"
+#: GDAL settings for many small files: do not list each file's folder looking for sidecars.
+GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 class RasterReadError(ValueError):
@@ -33,6 +50,8 @@ class RasterReadError(ValueError):
 
 @dataclass(frozen=True)
 class Grid:
+    """The pixel grid a sample is stored on."""
+
     crs: CRS
     transform: Affine
     width: int
@@ -40,10 +59,19 @@ class Grid:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in `crs`."""
         left, top = self.transform.c, self.transform.f
         right = left + self.transform.a * self.width
         bottom = top + self.transform.e * self.height
         return (left, bottom, right, top)
+
+
+@dataclass(frozen=True)
+class Georeference:
+    """Where a raster's pixels are: its own, or assumed with --assume-crs."""
+
+    crs: CRS
+    transform: Affine
 
 
 def open_raster(path: Path):
@@ -52,120 +80,187 @@ def open_raster(path: Path):
     if path.stat().st_size == 0:
         raise RasterReadError(f"{path} is an empty (zero-byte) file; re-export or remove it")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # A raster without georeferencing is reported by `georeference`, with the fix.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioIOError as e:
         raise RasterReadError(
             f"{path} is not a readable GeoTIFF ({e}); check that it is a complete raster file"
         ) from None
 
 
-def _crs_of(src, path: Path, assume_crs: str | None) -> CRS:
+class OpenRasters:
+    """The rasters of one sample, each opened once (opening a file costs more than reading a chip)."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, rasterio.DatasetReader] = {}
+
+    def __getitem__(self, path: Path) -> rasterio.DatasetReader:
+        if path not in self._open:
+            self._open[path] = open_raster(path)
+        return self._open[path]
+
+    def __enter__(self) -> OpenRasters:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for src in self._open.values():
+            src.close()
+        self._open.clear()
+
+
+def georeference(src, path: Path, sensor: SensorSpec, assume_crs: str | None) -> Georeference:
+    """The raster's CRS and transform; `assume_crs` (and the sensor's GSD) fill in what it lacks."""
     if src.crs is not None:
-        return src.crs
-    if assume_crs:
-        return CRS.from_user_input(assume_crs)
-    raise RasterReadError(
-        f"{path} has no CRS (no georeferencing); pass --assume-crs EPSG:XXXX if you know it"
-    )
+        return Georeference(src.crs, src.transform)
+    if not assume_crs:
+        raise RasterReadError(
+            f"{path} has no CRS (no georeferencing); pass --assume-crs EPSG:XXXX if you know it"
+        )
+    transform = src.transform
+    if transform.is_identity and not src.gcps[0]:
+        gsd_m = sensor.min_gsd_m
+        transform = Affine(gsd_m, 0.0, 0.0, 0.0, -gsd_m, 0.0)
+    return Georeference(CRS.from_user_input(assume_crs), transform)
 
 
-def reference_grid(path: Path, *, tile_size_px: int, gsd_m: float, assume_crs: str | None = None) -> Grid:
-    """The grid a sample is stored on, anchored at the top-left of `path`."""
-    with open_raster(path) as src:
-        crs = _crs_of(src, path, assume_crs)
-        left, top = src.bounds.left, src.bounds.top
-        res_x, res_y = src.res
-        # Keep the anchor's own pixels when they are (nearly) the requested size: chips
-        # reprojected upstream come at 9.99 m, and resampling them to 10.00 m would only blur.
-        # Metres mean nothing in degrees, so geographic rasters keep their pixels too.
-        near = all(abs(r - gsd_m) <= GRID_TOLERANCE * gsd_m for r in (res_x, res_y))
-        if not (crs.is_geographic or near):
-            res_x = res_y = gsd_m
-    return Grid(crs, Affine(res_x, 0.0, left, 0.0, -res_y, top), tile_size_px, tile_size_px)
+def reference_grid(src, georef: Georeference, *, tile_size_px: int, gsd_m: float) -> Grid:
+    """The grid a sample is stored on, anchored at the top-left of the raster `src`."""
+    left, _, _, top = array_bounds(src.height, src.width, georef.transform)
+    res_x, res_y = abs(georef.transform.a), abs(georef.transform.e)
+    # Keep the anchor's own pixels when they are (nearly) the requested size: chips
+    # reprojected upstream come at 9.99 m, and resampling them to 10.00 m would only blur.
+    # Metres mean nothing in degrees, so geographic rasters keep their pixels too.
+    near = all(abs(r - gsd_m) <= GRID_TOLERANCE * gsd_m for r in (res_x, res_y))
+    if not (georef.crs.is_geographic or near):
+        res_x = res_y = gsd_m
+    return Grid(georef.crs, Affine(res_x, 0.0, left, 0.0, -res_y, top), tile_size_px, tile_size_px)
 
 
-def _band_order(src, path: Path, sensor: SensorSpec, bands: list[str] | None) -> list[int]:
-    """1-based rasterio band indices delivering `sensor.bands` in order."""
-    names = bands or [d for d in src.descriptions]
-    if bands is None and all(names) and set(sensor.bands) <= set(names):
+def band_mapping(src, raster: RasterFile, sensor: SensorSpec) -> tuple[list[int], list[int]]:
+    """(1-based file band indexes, sensor band positions) that `raster` delivers, matched by name."""
+    path = raster.path
+    if raster.bands is not None:
+        if len(raster.bands) != src.count:
+            raise RasterReadError(
+                f"{path} has {src.count} band(s) but {len(raster.bands)} band name(s) were given "
+                f"({', '.join(raster.bands)}); fix the band list ({SKIP_BAND!r} skips a band)"
+            )
+        kept = [(i + 1, name) for i, name in enumerate(raster.bands) if name != SKIP_BAND]
+        return [i for i, _ in kept], sensor.band_index(name for _, name in kept)
+    names = list(src.descriptions)
+    if all(names) and set(sensor.bands) <= set(names):
         # Bands named in the file: select by name, whatever the order.
-        return [names.index(b) + 1 for b in sensor.bands]
-    if bands is not None:
-        if len(bands) != src.count:
-            raise RasterReadError(f"{path} has {src.count} bands but {len(bands)} band names were given")
-        missing = [b for b in sensor.bands if b not in bands]
-        if missing:
-            raise RasterReadError(f"{path} lacks bands {missing} of sensor {sensor.name!r}")
-        return [bands.index(b) + 1 for b in sensor.bands]
+        return [names.index(b) + 1 for b in sensor.bands], list(range(sensor.num_bands))
     if src.count != sensor.num_bands:
         raise RasterReadError(
             f"{path} has {src.count} bands, but sensor {sensor.name!r} has {sensor.num_bands} "
-            f"({', '.join(sensor.bands)}); pick the right --sensor or fix the file"
+            f"({', '.join(sensor.bands)}); pick the right sensor, or list the file's bands "
+            "(a manifest's `bands` column)"
         )
-    return list(range(1, src.count + 1))
+    return list(range(1, src.count + 1)), list(range(sensor.num_bands))
+
+
+def read_acquisition(
+    acquisition: Acquisition, sensor: SensorSpec, grid: Grid, rasters: OpenRasters, *, assume_crs: str | None
+) -> np.ndarray:
+    """One timestep as float32 `(C, H, W)` in `sensor.bands` order; sentinel where missing.
+
+    Bands no file delivers (possible only with explicit band lists) stay sentinel;
+    a band delivered twice is an error.
+    """
+    out = np.full((sensor.num_bands, grid.height, grid.width), SENTINEL, dtype=np.float32)
+    delivered: dict[int, Path] = {}
+    for raster in acquisition.rasters:
+        src = rasters[raster.path]
+        file_bands, positions = band_mapping(src, raster, sensor)
+        twice = [p for p in positions if p in delivered]
+        if twice:
+            raise RasterReadError(
+                f"{raster.path} gives band(s) {[sensor.bands[p] for p in twice]} of {sensor.name}, which "
+                f"{delivered[twice[0]]} already gives for the same date; remove one of them"
+            )
+        georef = georeference(src, raster.path, sensor, assume_crs)
+        out[positions] = read_on_grid(src, raster.path, georef, file_bands, grid, categorical=sensor.categorical)
+        delivered.update(dict.fromkeys(positions, raster.path))
+    return out
 
 
 def read_on_grid(
-    path: Path,
-    grid: Grid,
-    sensor: SensorSpec,
-    *,
-    assume_crs: str | None = None,
-    bands: list[str] | None = None,
+    src, path: Path, georef: Georeference, file_bands: list[int], grid: Grid, *, categorical: bool
 ) -> np.ndarray:
-    """Read `path` onto `grid` as float32 `(C, H, W)` in `sensor.bands` order, sentinel where missing."""
-    with open_raster(path) as src:
-        crs = _crs_of(src, path, assume_crs)
-        indexes = _band_order(src, path, sensor, bands)
-        out = np.full((len(indexes), grid.height, grid.width), SENTINEL, dtype=np.float32)
-        try:
-            if _same_pixel_grid(src.transform, crs, grid):
-                _read_aligned(src, indexes, grid, out)
-            else:
-                _warp(src, indexes, crs, grid, out, categorical=sensor.categorical)
-        except RasterioIOError as e:
-            raise RasterReadError(f"{path} could not be read to the end ({e}); the file looks truncated") from None
-        nodata = src.nodata
-    if nodata is not None and not np.isnan(nodata):
-        out[out == np.float32(nodata)] = SENTINEL
+    """Bands `file_bands` of `src` on `grid` as float32 `(C, H, W)`, sentinel where there is no data."""
+    out = np.full((len(file_bands), grid.height, grid.width), SENTINEL, dtype=np.float32)
+    try:
+        if _same_pixel_grid(georef, grid):
+            _read_aligned(src, georef.transform, file_bands, grid, out)
+        else:
+            _warp(src, georef, file_bands, grid, out, categorical=categorical)
+    except RasterioError as e:
+        raise RasterReadError(f"{path} could not be read to the end ({e}); the file looks truncated") from None
     out[~np.isfinite(out)] = SENTINEL
     return out
 
 
-def _same_pixel_grid(transform: Affine, crs: CRS, grid: Grid) -> bool:
-    if crs != grid.crs or transform.b != 0 or transform.d != 0:
+def _as_missing(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Mark the file's nodata value as NaN (float32 data), so it never passes for a real value."""
+    if nodata is not None and not np.isnan(nodata):
+        data[data == np.float32(nodata)] = np.nan
+    return data
+
+
+def _same_pixel_grid(georef: Georeference, grid: Grid) -> bool:
+    transform = georef.transform
+    if georef.crs != grid.crs or transform.b != 0 or transform.d != 0:
         return False
-    if not (np.isclose(transform.a, grid.transform.a) and np.isclose(transform.e, grid.transform.e)):
+    if not (math.isclose(transform.a, grid.transform.a) and math.isclose(transform.e, grid.transform.e)):
         return False
     col = (grid.transform.c - transform.c) / transform.a
     row = (grid.transform.f - transform.f) / transform.e
-    return bool(np.isclose(col, round(col), atol=1e-6) and np.isclose(row, round(row), atol=1e-6))
+    return abs(col - round(col)) <= 1e-6 and abs(row - round(row)) <= 1e-6
 
 
-def _read_aligned(src, indexes: list[int], grid: Grid, out: np.ndarray) -> None:
+def _read_aligned(src, transform: Affine, file_bands: list[int], grid: Grid, out: np.ndarray) -> None:
     """Copy the overlap of `src` and `grid` into `out` without resampling."""
-    col0 = round((grid.transform.c - src.transform.c) / src.transform.a)
-    row0 = round((grid.transform.f - src.transform.f) / src.transform.e)
+    col0 = round((grid.transform.c - transform.c) / transform.a)
+    row0 = round((grid.transform.f - transform.f) / transform.e)
     c_lo, r_lo = max(col0, 0), max(row0, 0)
     c_hi, r_hi = min(col0 + grid.width, src.width), min(row0 + grid.height, src.height)
     if c_hi <= c_lo or r_hi <= r_lo:
         return
     window = Window(c_lo, r_lo, c_hi - c_lo, r_hi - r_lo)
-    data = src.read(indexes, window=window, out_dtype=np.float32)
+    data = _as_missing(src.read(file_bands, window=window, out_dtype=np.float32), src.nodata)
     out[:, r_lo - row0 : r_hi - row0, c_lo - col0 : c_hi - col0] = data
 
 
-def _warp(src, indexes: list[int], crs: CRS, grid: Grid, out: np.ndarray, *, categorical: bool) -> None:
-    resampling = Resampling.nearest if categorical else Resampling.bilinear
-    for i, band in enumerate(indexes):
-        reproject(
-            source=rasterio.band(src, band),
-            destination=out[i],
-            src_crs=crs,
-            src_transform=src.transform,
-            src_nodata=src.nodata,
-            dst_transform=grid.transform,
-            dst_crs=grid.crs,
-            dst_nodata=SENTINEL,
-            resampling=resampling,
-        )
+def _source_window(src, georef: Georeference, grid: Grid) -> Window | None:
+    """The window of `src` covering the grid's footprint plus a margin; None when they do not overlap."""
+    bounds = transform_bounds(grid.crs, georef.crs, *grid.bounds, densify_pts=21)
+    window = from_bounds(*bounds, transform=georef.transform)
+    col_lo = max(int(np.floor(window.col_off)) - WARP_MARGIN_PX, 0)
+    row_lo = max(int(np.floor(window.row_off)) - WARP_MARGIN_PX, 0)
+    col_hi = min(int(np.ceil(window.col_off + window.width)) + WARP_MARGIN_PX, src.width)
+    row_hi = min(int(np.ceil(window.row_off + window.height)) + WARP_MARGIN_PX, src.height)
+    if col_hi <= col_lo or row_hi <= row_lo:
+        return None
+    return Window(col_lo, row_lo, col_hi - col_lo, row_hi - row_lo)
+
+
+def _warp(src, georef: Georeference, file_bands: list[int], grid: Grid, out: np.ndarray, *, categorical: bool) -> None:
+    """Resample the part of `src` under the tile onto `grid` (nodata stays out of the interpolation)."""
+    window = _source_window(src, georef, grid)
+    if window is None:
+        return
+    data = _as_missing(src.read(file_bands, window=window, out_dtype=np.float32), src.nodata)
+    reproject(
+        source=data,
+        destination=out,
+        src_transform=georef.transform @ Affine.translation(window.col_off, window.row_off),
+        src_crs=georef.crs,
+        src_nodata=np.nan,
+        dst_transform=grid.transform,
+        dst_crs=grid.crs,
+        dst_nodata=SENTINEL,
+        resampling=Resampling.nearest if categorical else Resampling.bilinear,
+    )

@@ -1,9 +1,10 @@
 """The SpaceNit dataset on disk: `dataset.json` plus shards (see docs/format.md).
 
-`dataset.json` is the index: format version, sensors (bands, groups, GSD),
-tile size, and one record per sample (id, shard, row, CRS, bounds, dates,
-label, split). Every reader calls `load_dataset_info`, which checks the
-format version before anything else is read.
+`dataset.json` is the index: format version, shard storage (Zarr or HDF5),
+sensors (bands, groups, GSD), tile size, and one record per sample (id,
+shard, row, CRS, bounds, dates, presence mask, label, split). Every reader
+calls `load_dataset_info`, which checks the format version before anything
+else is read.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from pathlib import Path
 from spacenit.sensors import SensorSpec
 
 FORMAT_NAME = "spacenit-dataset"
-FORMAT_VERSION = 1
+#: Version 2: HDF5 storage beside Zarr, per-record presence masks, blosc-zstd Zarr chunks.
+FORMAT_VERSION = 2
 DATASET_JSON = "dataset.json"
+#: Shard storages a dataset may use (`storage` in dataset.json).
+STORAGES = ("zarr", "hdf5")
 
 
 class DatasetFormatError(ValueError):
@@ -34,8 +38,11 @@ class SampleRecord:
     row: int  # position of the sample inside its shard
     crs: str | None = None  # e.g. "EPSG:32632"
     bounds: tuple[float, float, float, float] | None = None  # left, bottom, right, top in `crs`
-    #: sensor -> one ISO date per timestep; "" marks a missing timestep.
+    #: sensor -> one ISO date per timestep; "" where the date is unknown or the timestep missing.
     dates: dict[str, list[str]] = field(default_factory=dict)
+    #: sensor -> one flag per timestep: True where an input file was read, False where the
+    #: timestep (or the whole sensor) is missing and its values are all sentinel.
+    present: dict[str, list[bool]] = field(default_factory=dict)
     label: str | None = None
     split: str | None = None
 
@@ -45,6 +52,7 @@ class SampleRecord:
         return cls(
             id=d["id"], shard=d["shard"], row=int(d["row"]), crs=d.get("crs"), bounds=bounds,
             dates={k: list(v) for k, v in (d.get("dates") or {}).items()},
+            present={k: [bool(x) for x in v] for k, v in (d.get("present") or {}).items()},
             label=d.get("label"), split=d.get("split"),
         )  # fmt: skip
 
@@ -90,15 +98,21 @@ class DatasetInfo:
                 f"{source} has format version {version}, this SpaceNit reads version {FORMAT_VERSION}; "
                 "re-run `spacenit convert` with this version, or install the SpaceNit that wrote it"
             )
-        return cls(
-            sensors={name: SensorSpec.from_dict(s) for name, s in d["sensors"].items()},
-            tile_size_px=int(d["tile_size_px"]),
-            gsd_m=float(d["gsd_m"]),
-            num_timesteps={k: int(v) for k, v in d["num_timesteps"].items()},
-            samples=[SampleRecord.from_dict(s) for s in d["samples"]],
-            storage=d.get("storage", "zarr"),
-            format_version=version,
-        )
+        storage = d.get("storage")
+        if storage not in STORAGES:
+            raise DatasetFormatError(f"{source} names the shard storage {storage!r}; readers know {STORAGES}")
+        try:
+            return cls(
+                sensors={name: SensorSpec.from_dict(s) for name, s in d["sensors"].items()},
+                tile_size_px=int(d["tile_size_px"]),
+                gsd_m=float(d["gsd_m"]),
+                num_timesteps={k: int(v) for k, v in d["num_timesteps"].items()},
+                samples=[SampleRecord.from_dict(s) for s in d["samples"]],
+                storage=storage,
+                format_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetFormatError(f"{source} is incomplete or malformed ({e!r}); re-run `spacenit convert`") from None
 
 
 def write_json_atomic(path: Path, payload: dict | list) -> None:

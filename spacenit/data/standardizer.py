@@ -1,4 +1,14 @@
-"""Per-band standardization with stats.json, keeping the sentinel where it is."""
+"""Per-band normalization with stats.json, keeping the sentinel where it is.
+
+Two methods:
+
+* ``zscore`` (default): (x - mean) / std.
+* ``two_std``: the scaling of OlmoEarth and Galileo, which maps mean - 2 std to 0
+  and mean + 2 std to 1: (x - (mean - 2 std)) / (4 std).
+
+Categorical sensors (class codes) pass through unchanged: a z-scored class
+code means nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +17,50 @@ import numpy as np
 from spacenit.data.stats import SensorStats, StatsError
 from spacenit.sensors import SENTINEL, SensorSpec
 
+METHODS = ("zscore", "two_std")
+
 
 class Standardizer:
-    """z-score each band: (x - mean) / std; sentinel positions stay sentinel.
+    """Normalize each band with its own stats, selected by band name; sentinel positions stay sentinel.
 
-    Refuses stats whose band list differs from the sensor's, since a silent
-    mismatch would normalize one band with another band's numbers.
+    Refuses stats that lack a band of the data, since a silent mismatch would
+    normalize one band with another band's numbers.
     """
 
-    def __init__(self, stats: dict[str, SensorStats], sensors: dict[str, SensorSpec]) -> None:
-        self.mean: dict[str, np.ndarray] = {}
-        self.std: dict[str, np.ndarray] = {}
+    def __init__(self, stats: dict[str, SensorStats], sensors: dict[str, SensorSpec], method: str = "zscore") -> None:
+        if method not in METHODS:
+            raise StatsError(f"unknown normalization method {method!r}; use one of {METHODS}")
+        self.method = method
+        #: sensor -> (offset, scale): normalized = (x - offset) / scale; None for categorical sensors.
+        self.affine: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
         for name, spec in sensors.items():
-            if name not in stats:
-                raise StatsError(f"the stats have no entry for sensor {name!r}; re-run `spacenit stats` on this dataset")
-            s = stats[name]
-            if list(s.bands) != list(spec.bands):
-                raise StatsError(
-                    f"stats bands for {name!r} are {s.bands}, the data has {list(spec.bands)}; "
-                    "these stats belong to another dataset"
-                )
-            self.mean[name] = s.mean.astype(np.float32)
-            # A constant band has std 0: divide by 1 instead of blowing up.
-            self.std[name] = np.where(s.std > 0, s.std, 1.0).astype(np.float32)
+            self.affine[name] = None if spec.categorical else self._affine(name, spec, stats)
+
+    def _affine(self, name: str, spec: SensorSpec, stats: dict[str, SensorStats]) -> tuple[np.ndarray, np.ndarray]:
+        if name not in stats:
+            raise StatsError(f"the stats have no entry for sensor {name!r}; re-run `spacenit stats` on this dataset")
+        s = stats[name]
+        missing = [b for b in spec.bands if b not in s.bands]
+        if missing:
+            raise StatsError(
+                f"stats bands for {name!r} are {list(s.bands)}, the data has {list(spec.bands)} "
+                f"(no stats for {missing}); these stats belong to another dataset"
+            )
+        order = [list(s.bands).index(b) for b in spec.bands]  # by name, whatever the stats' order
+        mean, std = s.mean[order], s.std[order]
+        std = np.where(std > 0, std, 1.0)  # a constant band has std 0: divide by 1 instead of blowing up
+        if self.method == "two_std":
+            return (mean - 2 * std).astype(np.float32), (4 * std).astype(np.float32)
+        return mean.astype(np.float32), std.astype(np.float32)
 
     def __call__(self, sensor: str, array: np.ndarray) -> np.ndarray:
         """`array` is (T, C, ...) raw values; returns float32 of the same shape."""
+        affine = self.affine[sensor]
+        if affine is None:
+            return array.astype(np.float32, copy=False)
+        offset, scale = affine
         shape = (1, -1) + (1,) * (array.ndim - 2)
         missing = array == SENTINEL
-        out = (array - self.mean[sensor].reshape(shape)) / self.std[sensor].reshape(shape)
+        out = (array - offset.reshape(shape)) / scale.reshape(shape)
         out[missing] = SENTINEL
         return out.astype(np.float32, copy=False)

@@ -1,0 +1,114 @@
+"""Shard storage: HDF5 holds what Zarr holds, through one reader; zstd, one chunk per sample; fast Zarr reads."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from spacenit.conversion.convert import convert
+from spacenit.data.format import load_dataset_info
+from spacenit.data.shards import DatasetReader, Shard
+from spacenit.data.stats import compute_stats
+
+#: HDF5 filter id of zstd, as registered by hdf5plugin.
+ZSTD_FILTER_ID = 32015
+
+
+@pytest.fixture(scope="module")
+def hdf5_dataset(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hdf5") / "dataset"
+    report = convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, storage="hdf5", progress=False)
+    assert report.ok and report.storage == "hdf5"
+    return out
+
+
+def test_hdf5_holds_what_zarr_holds(hdf5_dataset: Path, synthetic_dataset: Path) -> None:
+    h5, zr = DatasetReader(hdf5_dataset), DatasetReader(synthetic_dataset)
+    assert h5.storage == "hdf5" and zr.storage == "zarr"
+    assert [r.shard for r in h5.records][:1] == ["shards/shard-00000.h5"]
+    for i in range(len(zr)):
+        a, b = h5[i], zr[i]
+        assert a.id == b.id and a.record.dates == b.record.dates and a.record.present == b.record.present
+        for sensor, array in b.data.items():
+            np.testing.assert_array_equal(a.data[sensor], array)
+
+
+def test_hdf5_shards_are_zstd_compressed_one_chunk_per_sample(hdf5_dataset: Path) -> None:
+    info = load_dataset_info(hdf5_dataset)
+    with h5py.File(hdf5_dataset / "shards" / "shard-00000.h5", "r") as f:
+        for sensor in info.sensors:
+            dset = f[sensor]
+            assert dset.dtype == np.float32 and dset.chunks == (1, *dset.shape[1:])
+            plist = dset.id.get_create_plist()
+            filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+            assert ZSTD_FILTER_ID in filters
+        assert json.loads(f.attrs["spacenit"])["fingerprint"]
+
+
+def test_stats_are_the_same_from_either_storage(hdf5_dataset: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+    from_h5 = json.loads(compute_stats(hdf5_dataset, tmp_path / "h5.json", progress=False).read_text())
+    from_zarr = json.loads((synthetic_dataset / "stats.json").read_text())
+    assert from_h5["sensors"] == from_zarr["sensors"]
+
+
+def test_hdf5_resumes_and_replaces_other_storage(synthetic_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, progress=False)
+    first = convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, storage="hdf5", progress=False)
+    assert first.shards_skipped == 0
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [f"shard-0000{i}.h5" for i in range(3)]
+    (out / "shards" / "shard-00001.h5").write_bytes(b"half a shard")  # as if torn by a crash
+    again = convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, storage="hdf5", progress=False)
+    assert again.shards_skipped == 2 and len(DatasetReader(out)) == 24
+
+
+def _first_sample_sum(reader: DatasetReader, queue) -> None:
+    queue.put(float(reader[0].data["sentinel2_l2a"].sum()))
+
+
+def test_reader_opened_before_fork_reads_in_the_child(hdf5_dataset: Path) -> None:
+    reader = DatasetReader(hdf5_dataset)
+    expected = float(reader[0].data["sentinel2_l2a"].sum())  # the parent holds the file open
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_first_sample_sum, args=(reader, queue))
+    child.start()
+    assert queue.get(timeout=60) == expected
+    child.join(timeout=60)
+    assert child.exitcode == 0
+
+
+def test_direct_zarr_sample_reads_equal_zarr_python(synthetic_dataset: Path, tmp_path: Path) -> None:
+    reader = DatasetReader(synthetic_dataset)
+    for name in reader.shards():
+        shard = Shard(synthetic_dataset / name, "zarr")
+        for sensor in reader.info.sensors:
+            assert shard._sample_reader(sensor) is not None  # the fast path is taken
+            whole = np.asarray(zarr.open_group(store=str(synthetic_dataset / name), mode="r")[sensor][...])
+            for row in range(whole.shape[0]):
+                np.testing.assert_array_equal(shard.read(sensor, row), whole[row])
+        shard.close()
+
+    # An array laid out otherwise (no sharding) is read by zarr itself.
+    group = zarr.open_group(store=str(tmp_path / "plain.zarr"), mode="w", zarr_format=3)
+    group.create_array("srtm", data=np.arange(24, dtype=np.float32).reshape(2, 1, 1, 3, 4), chunks=(1, 1, 1, 3, 4))
+    plain = Shard(tmp_path / "plain.zarr", "zarr")
+    assert plain._sample_reader("srtm") is None
+    np.testing.assert_array_equal(plain.read("srtm", 1), np.arange(12, 24, dtype=np.float32).reshape(1, 1, 3, 4))
+
+
+def test_damaged_zarr_shard_index_is_an_error(synthetic_dataset: Path, tmp_path: Path) -> None:
+    shutil.copytree(synthetic_dataset, tmp_path / "ds")
+    chunk_file = next((tmp_path / "ds" / "shards" / "shard-00000.zarr" / "srtm").rglob("c/*/*/*/*/*"))
+    payload = bytearray(chunk_file.read_bytes())
+    payload[-10] ^= 0xFF  # flip bits in the shard index
+    chunk_file.write_bytes(bytes(payload))
+    with pytest.raises(ValueError, match="shard index .* is damaged"):
+        DatasetReader(tmp_path / "ds")[0]
