@@ -3,42 +3,52 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from spacenit import __version__
+from spacenit.evaluation.cli_verbs import (
+    EVALUATION_EXAMPLES,
+    EVALUATION_VERBS,
+    add_evaluation_verbs,
+    run_evaluation_verb,
+)
 
 EXAMPLES = {
     "convert": """examples:
   spacenit convert demo-output/geotiffs demo-output/dataset --tile-size-px 32
-  spacenit convert ../shared/data/eurosat_ms eurosat --layout class_folders --sensor sentinel2_l1c
+  spacenit convert ../shared/data/eurosat_ms eurosat --layout class_folders --sensor sentinel2_l1c --workers 2
+  spacenit convert data/ ds --manifest data/manifest.csv --storage hdf5 --assume-crs EPSG:32632
+  spacenit convert data/ part-0 --partition 0/4      # then merge the 4 parts (merge_datasets)
 
 input layouts:
-  samples        <root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif  (+ optional <root>/labels.csv:
-                 sample_id,label,split)
+  samples        <root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif, or .../<YYYY-MM-DD>/<band>.tif
+                 (+ optional <root>/labels.csv: sample_id,label,split)
   class_folders  <root>/[<split>/]<class>/<file>.tif, one sensor (--sensor) per file
+  --manifest     CSV or JSON lines: sample_id,sensor,path[,date,label,split,bands], paths
+                 relative to INPUT_DIR (see docs/format.md)
 
 Bad inputs are listed with their reason in OUTPUT_DIR/convert_report.json while every good
 sample is converted; the exit code is 1 when anything failed. Re-running resumes.""",
-    "stats": """example:
-  spacenit stats demo-output/dataset            # writes demo-output/dataset/stats.json""",
+    "stats": """examples:
+  spacenit stats demo-output/dataset            # writes demo-output/dataset/stats.json
+  spacenit stats eurosat --workers 2 --max-samples 10000 --seed 0""",
     "pretrain": """examples:
   spacenit pretrain demo-output/dataset --stats demo-output/dataset/stats.json \\
       --output-dir demo-output/pretrain --set train.steps=100 --set train.global_batch_size=8
+  spacenit pretrain DATA --stats DATA/stats.json --output-dir runs/m \\
+      --experiment merged_bandsets_cross_random_masked_neg --dry-run     # print the resolved config
   # two processes on CPU (gloo), or N GPUs:
   ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m spacenit.cli pretrain ...
+  accelerate launch --multi_gpu --num_processes 8 -m spacenit.cli pretrain ...
 
-The run, its metrics and the encoder are tracked in MLflow (--tracking-uri, or
-MLFLOW_TRACKING_URI, default sqlite:///mlflow.db); the encoder is registered as
---register-as with the alias --alias.""",
-    "embed": """examples:
-  spacenit embed demo-output/pretrain/checkpoint demo-output/dataset demo-output/embeddings.zarr
-  spacenit embed models:/spacenit-encoder@champion demo-output/dataset emb.zarr \\
-      --tracking-uri sqlite:///demo-output/mlflow.db""",
-    "probe": """example:
-  spacenit probe demo-output/embeddings.zarr demo-output/probe.json --tracking-uri sqlite:///demo-output/mlflow.db""",
+Re-running with the same --output-dir resumes from the newest checkpoint in
+OUTPUT_DIR/checkpoints. The run, its metrics and the encoder are tracked in MLflow
+(--tracking-uri, or MLFLOW_TRACKING_URI, default sqlite:///mlflow.db; experiment
+--mlflow-experiment); the encoder is registered as --register-as with the alias
+--alias. See docs/training.md.""",
+    **EVALUATION_EXAMPLES,
 }
 
 
@@ -57,49 +67,62 @@ def _parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
 
-    c = verb("convert", "Convert GeoTIFFs into a SpaceNit dataset (Zarr shards + dataset.json).")
+    c = verb("convert", "Convert GeoTIFFs into a SpaceNit dataset (Zarr or HDF5 shards + dataset.json).")
     c.add_argument("input_dir", type=Path, help="directory of GeoTIFFs")
     c.add_argument("output_dir", type=Path, help="dataset directory to write (created; re-runs resume)")
-    c.add_argument("--layout", default="auto", choices=["auto", "samples", "class_folders"])
+    c.add_argument("--layout", default="auto", choices=["auto", "samples", "class_folders", "manifest"])
+    c.add_argument("--manifest", type=Path, default=None, help="CSV or JSON-lines manifest of the inputs")
     c.add_argument("--sensor", default="sentinel2_l1c", help="sensor of class_folders inputs (default: %(default)s)")
+    c.add_argument("--sensor-yaml", type=Path, action="append", default=[], metavar="FILE",
+                   help="register user sensors from a YAML file (repeatable; see docs/sensors.md)")  # fmt: skip
     c.add_argument("--tile-size-px", type=int, default=64, help="tile side in pixels (default: %(default)s)")
     c.add_argument("--gsd-m", type=float, default=10.0, help="reference grid pixel size in metres (default: %(default)s)")
     c.add_argument("--samples-per-shard", type=int, default=64)
     c.add_argument("--assume-crs", default=None, help="CRS for rasters without one, e.g. EPSG:32632")
-    c.add_argument("--workers", type=int, default=1, help="processes converting shards in parallel")
+    c.add_argument("--storage", default="zarr", choices=["zarr", "hdf5"], help="shard storage (default: %(default)s)")
+    c.add_argument("--workers", type=int, default=1, help="processes converting samples in parallel")
+    c.add_argument("--partition", type=_partition, default=None, metavar="INDEX/COUNT",
+                   help="convert only samples whose sorted position %% COUNT == INDEX (a partial dataset)")  # fmt: skip
 
-    s = verb("stats", "Compute per-sensor, per-band mean/std/min/max/count of a dataset.")
+    s = verb("stats", "Compute per-sensor, per-band count/mean/std/min/max and percentiles of a dataset.")
     s.add_argument("dataset_dir", type=Path)
     s.add_argument("--output", type=Path, default=None, help="stats file (default: DATASET_DIR/stats.json)")
+    s.add_argument("--workers", type=int, default=1, help="processes reading shards in parallel")
+    s.add_argument("--max-samples", type=int, default=None, help="use a seeded random subset of this many samples")
+    s.add_argument("--seed", type=int, default=0, help="seed of the subset (default: %(default)s)")
 
-    t = verb("pretrain", "Pretrain an encoder with masked latent prediction (accelerate; MLflow-tracked).")
+    t = verb("pretrain", "Pretrain an encoder (latent prediction, pixel reconstruction or both; accelerate; MLflow-tracked).")
     t.add_argument("dataset_dir", type=Path)
     t.add_argument("--stats", type=Path, required=True, help="stats.json written by `spacenit stats`")
-    t.add_argument("--output-dir", type=Path, required=True, help="where the checkpoint is written")
+    t.add_argument("--output-dir", type=Path, required=True,
+                   help="where checkpoints are written; a re-run with the same directory resumes")  # fmt: skip
     t.add_argument("--config", type=Path, default=None, help="YAML config (see `--dry-run` for the keys)")
     t.add_argument("--model", default=None, help="model preset: spacenit_nano (default), spacenit_tiny, spacenit_base, spacenit_large")
+    from spacenit.train.experiments import EXPERIMENTS
+
+    t.add_argument("--experiment", default=None, choices=sorted(EXPERIMENTS), metavar="NAME",
+                   help="named experiment (bandset-merge series), applied over --model; one of: %(choices)s")  # fmt: skip
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")  # fmt: skip
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    _tracking_args(t)
+    t.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    t.add_argument("--mlflow-experiment", default="spacenit", help="MLflow experiment name (default: %(default)s)")
     t.add_argument("--register-as", default="spacenit-encoder", help="registered model name ('' to skip)")
     t.add_argument("--alias", default="champion", help="alias set on the new model version")
 
-    e = verb("embed", "Write pooled per-sample embeddings of a dataset.")
-    e.add_argument("model", help="checkpoint directory or MLflow URI (models:/name@alias)")
-    e.add_argument("dataset_dir", type=Path)
-    e.add_argument("output", type=Path, help="embeddings to write (a Zarr group, e.g. emb.zarr)")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs")
-
-    r = verb("probe", "kNN and linear probes on embeddings; metrics to JSON and MLflow.")
-    r.add_argument("embeddings", type=Path)
-    r.add_argument("output", type=Path, help="metrics JSON to write")
-    r.add_argument("-k", type=int, default=20, help="neighbours for kNN (default: %(default)s)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--test-fraction", type=float, default=0.3)
-    _tracking_args(r)
+    add_evaluation_verbs(verb, _tracking_args)
     return p
+
+
+def _partition(text: str) -> tuple[int, int]:
+    """`2/8` -> (2, 8)."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not INDEX/COUNT, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{text!r}: INDEX must be in 0..COUNT-1")
+    return index, count
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
@@ -110,11 +133,15 @@ def _tracking_args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "convert":
         from spacenit.conversion.convert import REPORT_JSON, convert
+        from spacenit.sensors import REGISTRY
 
+        for path in args.sensor_yaml:
+            REGISTRY.load_yaml(path)
         report = convert(
             args.input_dir, args.output_dir, layout=args.layout, sensor=args.sensor,
             tile_size_px=args.tile_size_px, gsd_m=args.gsd_m, samples_per_shard=args.samples_per_shard,
-            assume_crs=args.assume_crs, workers=args.workers,
+            assume_crs=args.assume_crs, workers=args.workers, manifest=args.manifest,
+            storage=args.storage, partition=args.partition,
         )  # fmt: skip
         print(f"converted {report.num_samples} samples into {args.output_dir} ({report.num_shards} shards, {report.shards_skipped} already done)")
         if report.failures:
@@ -126,34 +153,26 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "stats":
         from spacenit.data.stats import compute_stats
 
-        print(f"wrote {compute_stats(args.dataset_dir, args.output)}")
+        path = compute_stats(args.dataset_dir, args.output, workers=args.workers,
+                             max_samples=args.max_samples, seed=args.seed)  # fmt: skip
+        print(f"wrote {path}")
         return 0
     if args.verb == "pretrain":
         from spacenit.train.pretrain import build_config, pretrain
 
-        cfg = build_config(args.model, args.overrides, args.config)
+        cfg = build_config(args.model, args.overrides, args.config, experiment=args.experiment)
         if args.dry_run:
             print(cfg.to_yaml(), end="")
             return 0
         result = pretrain(
             args.dataset_dir, args.stats, args.output_dir, cfg, tracking_uri=args.tracking_uri,
-            experiment=args.experiment, register_as=args.register_as or None, alias=args.alias or None,
+            experiment=args.mlflow_experiment, register_as=args.register_as or None, alias=args.alias or None,
         )  # fmt: skip
         if result.run_id:
             print(f"checkpoint: {result.checkpoint_dir}\nmlflow run: {result.run_id}\nmodel: {result.model_uri} (version {result.model_version})")
         return 0
-    if args.verb == "embed":
-        from spacenit.evaluation.embed import embed
-
-        print(f"wrote {embed(args.model, args.dataset_dir, args.output, batch_size=args.batch_size, tracking_uri=args.tracking_uri)}")
-        return 0
-    if args.verb == "probe":
-        from spacenit.evaluation.probe import probe
-
-        metrics = probe(args.embeddings, args.output, k=args.k, seed=args.seed, test_fraction=args.test_fraction,
-                        tracking_uri=args.tracking_uri, experiment=args.experiment)  # fmt: skip
-        print(json.dumps(metrics, indent=1))
-        return 0
+    if args.verb in EVALUATION_VERBS:
+        return run_evaluation_verb(args)
     raise AssertionError(args.verb)
 
 

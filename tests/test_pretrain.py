@@ -1,18 +1,63 @@
-"""pretrain: a real accelerate run, tracked in a real sqlite MLflow store; 2 synchronized CPU processes."""
+"""pretrain: real accelerate runs tracked in real MLflow stores (sqlite, and an `mlflow server` that goes away);
+2 synchronized CPU processes; SIGKILL and resume; NaN batches; loss going down on real EuroSAT chips."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import zarr
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 
-from spacenit.train.checkpoint import load_checkpoint
+from spacenit.cli import main
+from spacenit.config import apply_overrides
+from spacenit.data.format import load_dataset_info
+from spacenit.data.loader import BatchPlanner, GeoTileDataset, LoaderConfig, pretrain_geometry
+from spacenit.data.stats import load_stats
+from spacenit.train.checkpoint import latest_training_checkpoint, load_checkpoint, read_train_state
+from spacenit.train.pretrain import PretrainConfig, load_summary, pretrain
+from spacenit.train.trainer import NonFiniteLossError
+
+#: A model and batches small enough for CI, at a fixed patch size unless a test says otherwise.
+TINY = [
+    "model.depth=1", "model.decoder_depth=1", "model.dim=64", "model.heads=4", "model.decoder_dim=64",
+    "model.decoder_heads=4", "data.min_patch_size=8", "data.max_patch_size=8", "data.num_workers=0",
+    "train.global_batch_size=8", "train.log_every=1", "train.warmup_steps=2",
+]  # fmt: skip
+ENV = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny(*overrides: str) -> PretrainConfig:
+    return apply_overrides(PretrainConfig(), [*TINY, *overrides])
+
+
+def cli_pretrain(dataset: Path, out: Path, tracking_uri: str, *overrides: str, register_as: str = "") -> list[str]:
+    cmd = ["-m", "spacenit.cli", "pretrain", str(dataset), "--stats", str(dataset / "stats.json"), "--output-dir", str(out),
+           "--tracking-uri", tracking_uri, "--register-as", register_as]  # fmt: skip
+    for item in [*TINY, *overrides]:
+        cmd += ["--set", item]
+    return cmd
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+# ---------------------------------------------------------------- one process, sqlite store
 
 
 def test_pretrain_logs_and_registers(pretrained) -> None:
@@ -24,6 +69,11 @@ def test_pretrain_logs_and_registers(pretrained) -> None:
     history = client.get_metric_history(result.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(m.value)) for m in history)
+    for key in ("train/lr", "train/grad_norm", "train/tokens_per_s", "train/samples_per_s", "train/temperature",
+                "train/ema_momentum", "train/contrastive_loss", "system/cpu_utilization_percentage"):  # fmt: skip
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.json", "checkpoints", "pretrain_summary.json"} <= artifacts
     version = client.get_model_version_by_alias("spacenit-encoder", "champion")
     assert str(version.version) == result.model_version and version.run_id == result.run_id
     assert result.model_uri == "models:/spacenit-encoder@champion"
@@ -35,23 +85,255 @@ def test_checkpoint_round_trips(pretrained) -> None:
     assert [s.name for s in meta.sensors] == ["sentinel1", "sentinel2_l2a", "srtm"]
     assert meta.patch_size == 8 and meta.model.depth == 2
     assert set(meta.stats) == {"sentinel1", "sentinel2_l2a", "srtm"}
+    state = read_train_state(latest_training_checkpoint(result.checkpoint_dir.parent / "checkpoints"))
+    assert state["step"] == 4 and state["mlflow_run_id"] == result.run_id
+
+
+def test_nan_batch_is_skipped_reported_and_never_checkpointed(synthetic_dataset: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dataset, data)
+    stats = load_stats(data / "stats.json")
+    cfg = tiny("train.steps=5", "train.checkpoint_every=1", "train.max_consecutive_nonfinite=2")
+    # Poison the first sample of step 1 (0-based): it is also in one step of the next epoch.
+    dataset = GeoTileDataset(data, stats)
+    plan = BatchPlanner(len(dataset), 8, 8, pretrain_geometry(dataset), LoaderConfig(), cfg.train.seed).plan(1, 0)
+    record = load_dataset_info(data).samples[plan.indices[0]]
+    group = zarr.open_group(str(data / record.shard), mode="r+")
+    group["sentinel2_l2a"][record.row] = np.full(group["sentinel2_l2a"].shape[1:], np.nan, dtype=np.float32)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    result = pretrain(data, data / "stats.json", tmp_path / "out", cfg, tracking_uri=uri, register_as=None)
+    summary = load_summary(tmp_path / "out")
+    assert summary["nonfinite_steps"][0] == 2 and len(summary["nonfinite_steps"]) == 2  # once per epoch
+    assert np.isfinite(result.final_loss)
+    for path in [tmp_path / "out" / "checkpoint", *sorted((tmp_path / "out" / "checkpoints").glob("step-*"))]:
+        assert all(torch.isfinite(t).all() for t in weights(path).values() if t.is_floating_point()), path
+    run = MlflowClient(uri).get_run(result.run_id)
+    assert "spacenit.nonfinite.step_2" in run.data.tags and run.data.metrics["train/nonfinite_steps"] == 2
+    assert json.loads(run.data.tags["spacenit.nonfinite.step_2"])["micro_batches"][0]["index"][0] == plan.indices[0]
+
+    # With no tolerance, training stops at the bad step; the checkpoint before it is whole and loads.
+    with pytest.raises(NonFiniteLossError, match="consecutive"):
+        pretrain(data, data / "stats.json", tmp_path / "stop", apply_overrides(cfg, ["train.max_consecutive_nonfinite=1"]),
+                 tracking_uri=uri, register_as=None)  # fmt: skip
+    last = latest_training_checkpoint(tmp_path / "stop" / "checkpoints")
+    assert read_train_state(last)["step"] == 1
+    assert all(torch.isfinite(t).all() for t in weights(last).values() if t.is_floating_point())
+    failed = MlflowClient(uri).search_runs([run.info.experiment_id], order_by=["start_time DESC"], max_results=1)[0]
+    assert failed.info.status == "FAILED"
+
+
+def test_bf16_accumulation_and_in_loop_probe(synthetic_dataset: Path, tmp_path: Path) -> None:
+    # A process of its own: accelerate's precision is process-wide state.
+    cmd = cli_pretrain(synthetic_dataset, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", "train.steps=2",
+                       "train.micro_batch_size=4", "train.mixed_precision=bf16", "train.checkpoint_every=0",
+                       "data.min_patch_size=4", "data.token_budget=200", "objective.name=dual_branch", "train.probe_every=2")  # fmt: skip
+    proc = subprocess.run([sys.executable, *cmd], env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.isfinite(load_summary(tmp_path / "out")["final_loss"])
+    lines = [json.loads(x) for x in (tmp_path / "out" / "mlflow_metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all(x["metrics"]["train/samples"] == 8 for x in lines)
+    assert 0.0 <= lines[1]["metrics"]["eval/knn_accuracy"] <= 1.0 and "eval/knn_accuracy" not in lines[0]["metrics"]
+
+
+def test_cli_experiment_dry_run(capsys) -> None:
+    code = main(["pretrain", "d", "--stats", "s.json", "--output-dir", "o", "--dry-run",
+                 "--experiment", "merged_bandsets_cross_random_masked_neg", "--set", "train.lr=2e-4"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    for line in ("merge_bandsets: true", "strategy: modality_cross_random", "same_target_threshold: 0.999", "lr: 0.0002"):
+        assert line in out
+
+
+# ---------------------------------------------------------------- processes
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_stay_in_sync(synthetic_dataset: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+def test_two_cpu_processes_stay_in_sync_and_match_one_process(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """2 ranks x 1 micro-batch of 4 == 1 rank x 2 accumulated micro-batches of 4: same samples,
+    masks, patch sizes and crops, gradients averaged the same way."""
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [
-        str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "spacenit.cli", "pretrain",
-        str(synthetic_dataset), "--stats", str(synthetic_dataset / "stats.json"), "--output-dir", str(tmp_path / "out"),
-        "--set", "train.steps=3", "--set", "train.global_batch_size=8", "--set", "model.depth=1",
-        "--set", "model.decoder_depth=1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--register-as", "",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / "pretrain_summary.json").read_text())
-    assert summary["world_size"] == 2
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    shared = ["train.steps=3", "data.min_patch_size=4", "data.token_budget=300", "train.checkpoint_every=0"]
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                          *cli_pretrain(synthetic_dataset, tmp_path / "two", uri, *shared)],
+                         env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    summary = load_summary(tmp_path / "two")
+    assert summary["world_size"] == 2, "two processes must really have run (not two world-size-1 runs)"
     a, b = summary["parameter_checksums"]
     assert a == b, "ranks diverged: DDP did not synchronize gradients"
-    # the checksum really depends on the weights: an untrained model differs
-    assert summary["final_loss"] > 0
+
+    one = subprocess.run([sys.executable, *cli_pretrain(synthetic_dataset, tmp_path / "one", uri, *shared,
+                                                        "train.micro_batch_size=4")],
+                         env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    w1, w2 = weights(tmp_path / "one" / "checkpoint"), weights(tmp_path / "two" / "checkpoint")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=2e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    initial = load_summary(tmp_path / "one")["parameter_checksums"][0]
+    assert initial == pytest.approx(a, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train.steps=12", "train.checkpoint_every=2", "data.num_workers=1", "data.min_patch_size=4", "data.token_budget=300"]
+
+    def start(out: Path) -> subprocess.Popen:
+        log = (tmp_path / f"{out.name}.log").open("a")
+        return subprocess.Popen([sys.executable, *cli_pretrain(synthetic_dataset, out, uri, *args)], env=ENV,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    assert start(tmp_path / "straight").wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+
+    victim = start(tmp_path / "killed")
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.monotonic() + 600
+    while not any(int(p.name[5:]) >= 4 for p in ckpts.glob("step-*")) and victim.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(victim.pid, signal.SIGKILL)  # the trainer and its loader worker, mid-step
+    assert victim.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "checkpoint").exists(), "the run finished before it could be killed"
+    killed_at = read_train_state(latest_training_checkpoint(ckpts))
+
+    assert start(tmp_path / "killed").wait(timeout=600) == 0, (tmp_path / "killed.log").read_text()[-3000:]
+    summary = load_summary(tmp_path / "killed")
+    assert summary["resumed_from"].endswith(f"step-{killed_at['step']:06d}")
+    assert summary["run_id"] == killed_at["mlflow_run_id"], "the resumed run continues the same MLflow run"
+    for name in ("checkpoint", "checkpoints/step-000012"):  # exported model; full state (EMA target, heads)
+        straight, resumed = weights(tmp_path / "straight" / name), weights(tmp_path / "killed" / name)
+        assert straight.keys() == resumed.keys()
+        assert all(torch.equal(straight[k], resumed[k]) for k in straight), f"{name} differs after resume"
+    history = MlflowClient(uri).get_metric_history(summary["run_id"], "train/loss")
+    assert sorted({m.step for m in history}) == list(range(1, 13))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}", "--artifacts-destination",
+         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return proc
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise TimeoutError("mlflow server did not answer /health")
+
+
+class Outage:
+    """A TCP relay in front of the tracking server that can drop off the network and come back.
+
+    Stopping it closes the listening socket and every open connection, so the
+    client sees what a vanished server looks like (connection refused / reset),
+    without paying the server's slow start twice.
+    """
+
+    def __init__(self, port: int, backend_port: int) -> None:
+        self.port, self.backend_port = port, backend_port
+        self.listener: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+
+    def start(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.listener.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+        self.conns = []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            backend = socket.create_connection(("127.0.0.1", self.backend_port))
+            self.conns += [client, backend]
+            for a, b in ((client, backend), (backend, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.slow
+def test_training_survives_the_tracking_server_going_away(synthetic_dataset: Path, tmp_path: Path) -> None:
+    server_port, port = _free_port(), _free_port()
+    server = _mlflow_server(tmp_path, server_port)
+    network = Outage(port, server_port)
+    network.start()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    out = tmp_path / "out"
+    cmd = cli_pretrain(synthetic_dataset, out, uri, "train.steps=8", "train.checkpoint_every=4", "tracking.flush_timeout_s=300",
+                       "tracking.max_retry_interval_s=1", register_as="spacenit-encoder")  # fmt: skip
+    log = (tmp_path / "train.log").open("w")
+    trainer = subprocess.Popen([sys.executable, *cmd], env=env, stdout=log, stderr=subprocess.STDOUT)
+    local = out / "mlflow_metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 600
+        while not (local.is_file() and local.read_text().count("\n") >= 1):
+            assert trainer.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()[-3000:]
+            time.sleep(0.05)
+        network.stop()  # the tracking server disappears mid-run
+        while local.read_text().count("\n") < 5 and trainer.poll() is None:
+            time.sleep(0.05)  # training goes on without it
+        time.sleep(2)
+        network.start()  # and comes back
+        assert trainer.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
+        text = (tmp_path / "train.log").read_text()
+        assert "unreachable" in text and "answers again" in text
+        steps = [json.loads(x)["step"] for x in local.read_text().splitlines()]
+        assert steps == list(range(1, 9)), "every metric is also written locally"
+        client = MlflowClient(uri)
+        summary = load_summary(out)
+        assert [m.step for m in client.get_metric_history(summary["run_id"], "train/loss")] == list(range(1, 9))
+        assert client.get_model_version_by_alias("spacenit-encoder", "champion").run_id == summary["run_id"]
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        network.stop()
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_loss_goes_down_on_eurosat(shared_data: Path, tmp_path: Path) -> None:
+    from spacenit.conversion.convert import convert
+    from spacenit.data.stats import compute_stats
+
+    report = convert(shared_data / "eurosat_ms", tmp_path / "ds", layout="class_folders", sensor="sentinel2_l1c", progress=False)
+    assert report.ok
+    compute_stats(tmp_path / "ds", progress=False)
+    cfg = tiny("objective.name=dual_branch", "train.steps=12", "train.log_every=3", "train.warmup_steps=3", "train.lr=2e-3",
+               "data.token_budget=48", "train.checkpoint_every=0")  # fmt: skip
+    pretrain(tmp_path / "ds", tmp_path / "ds" / "stats.json", tmp_path / "out", cfg,
+             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", register_as=None)  # fmt: skip
+    logged = [json.loads(x)["metrics"] for x in (tmp_path / "out" / "mlflow_metrics.jsonl").read_text().splitlines()]
+    for key in ("train/loss", "train/latent_loss", "train/reconstruction_loss"):
+        first, last = logged[0][key], logged[-1][key]
+        assert last < 0.9 * first, f"{key} did not go down: {[round(m[key], 4) for m in logged]}"

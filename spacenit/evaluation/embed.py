@@ -1,8 +1,14 @@
-"""The `embed` stage: a trained encoder + a dataset -> pooled per-sample embeddings (Zarr).
+"""The `embed` stage: a trained encoder + a dataset -> per-sample embeddings (Zarr).
 
 The model is a checkpoint directory or an MLflow URI (`models:/name@alias`,
 `models:/name/3`, `runs:/<id>/encoder`); everything needed to use it (sensors,
-bands, stats, patch size) comes with it.
+bands, stats, patch size) comes with it. Output: pooled embeddings (N, D) and,
+with `patch_maps=True`, per-patch maps (N, h, w, D) with their validity.
+
+Reading and standardizing run in DataLoader worker processes, `prefetch`
+batches ahead of the encoder, so extraction runs at the speed of the forward
+pass (benchmarks/bench_embed.py measures the ratio). On CUDA the forward runs
+under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -10,21 +16,26 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from spacenit.arch.models import SpaceNitModel
-from spacenit.data.loader import GeoTileDataset, collate
-from spacenit.data.standardizer import Standardizer
+from spacenit.data.loader import months_of
+from spacenit.data.shards import DatasetReader
+from spacenit.evaluation.inputs import InputBindingError, ModelInputs, bind_sensors
+from spacenit.evaluation.patch_maps import embed_with_maps
 from spacenit.train.checkpoint import CheckpointMeta, load_checkpoint
 
 EMBEDDINGS_ARRAY = "embeddings"
+PATCH_MAPS_ARRAY = "patch_embeddings"
+PATCH_VALID_ARRAY = "patch_valid"
 
 
 class EmbedError(ValueError):
@@ -57,6 +68,94 @@ class Embeddings:
     ids: list[str]
     labels: list[str | None]
     splits: list[str | None]
+    #: Per-patch maps (N, h, w, D), when extracted.
+    patch_maps: np.ndarray | None = None
+    #: (N, h, w) True where a map cell has data.
+    patch_valid: np.ndarray | None = None
+
+
+class ModelInputDataset(Dataset):
+    """Item i of a converted dataset as the model's standardized inputs (bands bound by name)."""
+
+    def __init__(self, dataset_dir: str | Path, inputs: ModelInputs) -> None:
+        self.reader = DatasetReader(dataset_dir)
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.reader[index]
+        images = {k: torch.from_numpy(v) for k, v in self.inputs.sample(sample.data).items()}
+        months = {
+            b.model_sensor.name: torch.from_numpy(months_of(sample.record.dates.get(b.data_sensor, [""] * images[b.model_sensor.name].shape[0])))
+            for b in self.inputs.bindings
+        }
+        return {"images": images, "months": months, "index": index}
+
+
+def collate_inputs(items: list[dict]) -> dict:
+    sensors = items[0]["images"].keys()
+    return {
+        "images": {s: torch.stack([it["images"][s] for it in items]) for s in sensors},
+        "months": {s: torch.stack([it["months"][s] for it in items]) for s in sensors},
+        "index": torch.tensor([it["index"] for it in items]),
+    }
+
+
+def model_inputs_for(meta: CheckpointMeta, dataset_dir: str | Path, *, sensor_map: Mapping[str, str] | None = None,
+                     allow_missing_bands: bool = False) -> ModelInputs:  # fmt: skip
+    """Bind the model's sensors to the dataset's by band name; EmbedError when they do not fit."""
+    from spacenit.data.format import load_dataset_info
+
+    info = load_dataset_info(dataset_dir)
+    try:
+        bindings = bind_sensors(meta.sensors, {n: s.bands for n, s in info.sensors.items()},
+                                sensor_map=sensor_map, allow_missing_bands=allow_missing_bands)  # fmt: skip
+    except InputBindingError as e:
+        raise EmbedError(f"{dataset_dir}: {e}") from None
+    return ModelInputs(bindings, meta.stats)
+
+
+def default_num_workers() -> int:
+    """Loader processes: one core is left to the forward pass, at most 4 are used."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int | None, prefetch: int = 4, pin_memory: bool = False) -> DataLoader:
+    workers = default_num_workers() if num_workers is None else num_workers
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_inputs, num_workers=workers,
+        prefetch_factor=prefetch if workers else None, pin_memory=pin_memory,
+    )  # fmt: skip
+
+
+def extract(
+    net: SpaceNitModel,
+    patch_size: int,
+    loader,
+    *,
+    patch_maps: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Run the encoder over `loader`: pooled (N, D), and maps (N, h, w, D) + validity (N, h, w) if asked."""
+    device = next(net.parameters()).device
+    net.eval()
+    pooled, maps, valid = [], [], []
+    for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
+        images = {k: v.to(device, non_blocking=True) for k, v in batch["images"].items()}
+        months = {k: v.to(device, non_blocking=True) for k, v in batch["months"].items()}
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            if patch_maps:
+                p, m, v = embed_with_maps(net, images, months, patch_size)
+                maps.append(m.float().cpu().numpy())
+                valid.append(v.cpu().numpy())
+            else:
+                p = net.embed(images, months, patch_size)
+        pooled.append(p.float().cpu().numpy())
+    if not pooled:
+        raise EmbedError("the dataset has no samples to embed")
+    return np.concatenate(pooled), (np.concatenate(maps) if patch_maps else None), (np.concatenate(valid) if patch_maps else None)
 
 
 def embed(
@@ -67,43 +166,37 @@ def embed(
     batch_size: int = 32,
     tracking_uri: str | None = None,
     progress: bool = True,
+    patch_maps: bool = False,
+    num_workers: int | None = None,
+    sensor_map: Mapping[str, str] | None = None,
+    allow_missing_bands: bool = False,
 ) -> Path:
-    """Write pooled embeddings of every sample of `dataset_dir` to the Zarr group `output_path`."""
+    """Write embeddings of every sample of `dataset_dir` to the Zarr group `output_path`.
+
+    `sensor_map` (model sensor -> dataset sensor) and `allow_missing_bands`
+    let a model run on data converted for a related sensor; see `inputs.py`.
+    """
     net, meta = load_checkpoint(resolve_model(model, tracking_uri))
-    dataset = GeoTileDataset(dataset_dir, meta.stats, sensors=_check_sensors(meta, dataset_dir))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    inputs = model_inputs_for(meta, dataset_dir, sensor_map=sensor_map, allow_missing_bands=allow_missing_bands)
+    dataset = ModelInputDataset(dataset_dir, inputs)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
-    chunks = []
-    for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-        images = {k: v.to(device, non_blocking=True) for k, v in batch["images"].items()}
-        months = {k: v.to(device) for k, v in batch["months"].items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            chunks.append(net.embed(images, months, meta.patch_size).float().cpu().numpy())
+    loader = make_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+    vectors, maps, valid = extract(net, meta.patch_size, loader, patch_maps=patch_maps, progress=progress)
     records = dataset.reader.records
     result = Embeddings(
-        vectors=np.concatenate(chunks),
+        vectors=vectors,
         ids=[r.id for r in records],
         labels=[r.label for r in records],
         splits=[r.split for r in records],
+        patch_maps=maps,
+        patch_valid=valid,
     )
     return save_embeddings(output_path, result, model=str(model))
 
 
-def _check_sensors(meta: CheckpointMeta, dataset_dir) -> list[str]:
-    from spacenit.data.format import load_dataset_info
-
-    info = load_dataset_info(dataset_dir)
-    for spec in meta.sensors:
-        have = info.sensors.get(spec.name)
-        if have is None:
-            raise EmbedError(f"the model needs sensor {spec.name!r}, which {dataset_dir} does not have ({sorted(info.sensors)})")
-        if list(have.bands) != list(spec.bands):
-            raise EmbedError(f"sensor {spec.name!r}: the model expects bands {list(spec.bands)}, {dataset_dir} has {list(have.bands)}")
-    return [s.name for s in meta.sensors]
-
-
 def save_embeddings(path: str | Path, emb: Embeddings, *, model: str) -> Path:
+    """Write atomically: a temporary group renamed into place."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
@@ -111,6 +204,12 @@ def save_embeddings(path: str | Path, emb: Embeddings, *, model: str) -> Path:
         group.attrs.update({"ids": emb.ids, "labels": emb.labels, "splits": emb.splits, "model": model})
         arr = group.create_array(EMBEDDINGS_ARRAY, shape=emb.vectors.shape, dtype="float32", chunks=emb.vectors.shape)
         arr[...] = emb.vectors.astype(np.float32)
+        if emb.patch_maps is not None:
+            maps = group.create_array(PATCH_MAPS_ARRAY, shape=emb.patch_maps.shape, dtype="float32",
+                                      chunks=(1, *emb.patch_maps.shape[1:]), dimension_names=("sample", "row", "col", "channel"))  # fmt: skip
+            maps[...] = emb.patch_maps.astype(np.float32)
+            valid = group.create_array(PATCH_VALID_ARRAY, shape=emb.patch_valid.shape, dtype="bool", chunks=emb.patch_valid.shape)
+            valid[...] = emb.patch_valid
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -126,17 +225,25 @@ def load_embeddings(path: str | Path) -> Embeddings:
         raise FileNotFoundError(f"embeddings {path} do not exist; create them with `spacenit embed`")
     group = zarr.open_group(store=str(path), mode="r")
     attrs = group.attrs.asdict()
-    return Embeddings(np.asarray(group[EMBEDDINGS_ARRAY][...]), attrs["ids"], attrs["labels"], attrs["splits"])
+    names = set(group.array_keys())
+    maps = np.asarray(group[PATCH_MAPS_ARRAY][...]) if PATCH_MAPS_ARRAY in names else None
+    valid = np.asarray(group[PATCH_VALID_ARRAY][...]) if PATCH_VALID_ARRAY in names else None
+    return Embeddings(np.asarray(group[EMBEDDINGS_ARRAY][...]), attrs["ids"], attrs["labels"], attrs["splits"], maps, valid)
 
 
-def embed_arrays(model: SpaceNitModel, meta: CheckpointMeta, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Raw sensor arrays (B, T, C, H, W) -> pooled embeddings (B, D); for the pyfunc flavour."""
-    standardize = Standardizer(meta.stats, {s.name: s for s in meta.sensors})
-    images, months = {}, {}
-    for spec in meta.sensors:
-        if spec.name not in arrays:
-            raise EmbedError(f"input lacks sensor {spec.name!r}; the model expects {[s.name for s in meta.sensors]}")
-        x = np.asarray(arrays[spec.name], dtype=np.float32)
-        images[spec.name] = torch.from_numpy(np.stack([standardize(spec.name, xi) for xi in x]))
-        months[spec.name] = torch.zeros(x.shape[:2], dtype=torch.long)
-    return model.embed(images, months, meta.patch_size).numpy()
+def embed_arrays(model: SpaceNitModel, meta: CheckpointMeta, arrays: dict[str, np.ndarray], *, patch_maps: bool = False):
+    """Raw sensor arrays (B, T, C, H, W) -> pooled embeddings (B, D); for the pyfunc flavour.
+
+    With `patch_maps`, returns per-patch maps (B, h, w, D) instead (NaN where a cell has no data).
+    """
+    missing = [s.name for s in meta.sensors if s.name not in arrays]
+    if missing:
+        raise EmbedError(f"input lacks sensor(s) {missing}; the model expects {[s.name for s in meta.sensors]}")
+    bindings = bind_sensors(meta.sensors, {s.name: s.bands for s in meta.sensors})
+    inputs = ModelInputs(bindings, meta.stats)
+    images = inputs.batch({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
+    months = {k: torch.zeros(v.shape[:2], dtype=torch.long) for k, v in images.items()}
+    if not patch_maps:
+        return model.embed(images, months, meta.patch_size).numpy()
+    _, maps, valid = embed_with_maps(model, images, months, meta.patch_size)
+    return torch.where(valid.unsqueeze(-1), maps, torch.nan).numpy()

@@ -1,27 +1,37 @@
-"""The `probe` stage: kNN and linear probes on frozen embeddings, logged to MLflow.
+"""The `probe` stage: probes on frozen embeddings, metrics with bootstrap CIs, logged to MLflow.
 
 Train/test come from the dataset's own splits when it has both; otherwise a
 seeded stratified split. kNN follows OlmoEarth: cosine similarity on
-L2-normalized features, the k nearest vote with weight exp(sim / 0.07).
+L2-normalized features, the k nearest vote with weight exp(sim / 0.07). The
+linear probe is BatchNorm + Linear with a learning rate chosen on a
+validation split (see `linear.py`). Every metric comes with its 95%
+bootstrap interval (`<metric>_ci_low`, `<metric>_ci_high`), and each probe's
+confusion matrix goes to MLflow as a PNG.
+
+For a whole benchmark (several models, few-shot, fine-tuning, a results
+store) use `spacenit evaluate` (benchmark.py); this stage probes one set of
+embeddings, as the pipeline's last step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from spacenit.data.format import write_json_atomic
+from spacenit.evaluation.bootstrap import bootstrap_metrics
 from spacenit.evaluation.embed import load_embeddings
+from spacenit.evaluation.errors import ProbeError
+from spacenit.evaluation.knn import knn_predict, knn_scores
+from spacenit.evaluation.linear import linear_probe_scores
+from spacenit.evaluation.metrics import confusion_matrix
+from spacenit.evaluation.prototypical import prototypical_scores
 
-
-class ProbeError(ValueError):
-    """Embeddings that cannot be probed (no labels, one class, too few samples)."""
+__all__ = ["ProbeError", "Split", "knn_predict", "make_split", "probe"]
 
 
 @dataclass
@@ -31,6 +41,7 @@ class Split:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str  # "dataset" or "stratified(seed=...)"
+    classes: list[str] | None = None
 
 
 def make_split(x: np.ndarray, labels: list, splits: list, *, test_fraction: float, seed: int) -> Split:
@@ -42,31 +53,22 @@ def make_split(x: np.ndarray, labels: list, splits: list, *, test_fraction: floa
         raise ProbeError(f"probing needs at least two classes, found {classes}")
     y = np.array([classes.index(lbl) if lbl is not None else -1 for lbl in labels])
     split_arr = np.array([s or "" for s in splits])
-    train, test = keep & (split_arr == "train"), keep & (split_arr == "test")
+    train, test = keep & np.isin(split_arr, ["train", "val"]), keep & (split_arr == "test")
     if train.any() and test.any():
-        return Split(x[train], y[train], x[test], y[test], "dataset")
+        return Split(x[train], y[train], x[test], y[test], "dataset", classes)
     idx = np.flatnonzero(keep)
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y[idx])
-    return Split(x[tr], y[tr], x[te], y[te], f"stratified(seed={seed})")
+    return Split(x[tr], y[tr], x[te], y[te], f"stratified(seed={seed})", classes)
 
 
-def knn_predict(x_train, y_train, x_test, *, k: int = 20, temperature: float = 0.07, num_classes: int | None = None) -> np.ndarray:
-    num_classes = num_classes or int(y_train.max()) + 1
-    a = x_train / np.linalg.norm(x_train, axis=1, keepdims=True).clip(1e-12)
-    b = x_test / np.linalg.norm(x_test, axis=1, keepdims=True).clip(1e-12)
-    sim = b @ a.T  # (n_test, n_train)
-    k = min(k, len(x_train))
-    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    top_sim = np.take_along_axis(sim, top, axis=1)
-    votes = np.zeros((len(x_test), num_classes))
-    np.add.at(votes, (np.arange(len(x_test))[:, None], y_train[top]), np.exp(top_sim / temperature))
-    return votes.argmax(axis=1)
-
-
-def linear_predict(x_train, y_train, x_test, *, seed: int) -> np.ndarray:
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit(x_train, y_train)
-    return clf.predict(x_test)
+def _scores(name: str, split: Split, num_classes: int, *, k: int, seed: int) -> tuple[np.ndarray, dict]:
+    if name == "knn":
+        return knn_scores(split.x_train, split.y_train, split.x_test, k=k, num_classes=num_classes), {}
+    if name == "linear":
+        return linear_probe_scores(split.x_train, split.y_train, split.x_test, num_classes=num_classes, seed=seed)
+    if name == "prototypical":
+        return prototypical_scores(split.x_train, split.y_train, split.x_test, num_classes=num_classes), {}
+    raise ProbeError(f"unknown probe {name!r}; this stage runs knn, linear and prototypical (attentive and fine-tuning: `spacenit evaluate`)")
 
 
 def probe(
@@ -79,29 +81,47 @@ def probe(
     tracking_uri: str | None = None,
     experiment: str = "spacenit",
     log_to_mlflow: bool = True,
+    probes: Sequence[str] = ("knn", "linear"),
+    num_resamples: int = 1000,
 ) -> dict[str, float]:
-    """Run the probes, write the metrics JSON to `output_path`, log them to MLflow; return them."""
+    """Run the probes, write the metrics JSON to `output_path`, log them to MLflow; return them (flat scalars)."""
     emb = load_embeddings(embeddings_path)
     split = make_split(emb.vectors, emb.labels, emb.splits, test_fraction=test_fraction, seed=seed)
-    num_classes = int(max(split.y_train.max(), split.y_test.max())) + 1
-    knn = knn_predict(split.x_train, split.y_train, split.x_test, k=k, num_classes=num_classes)
-    lin = linear_predict(split.x_train, split.y_train, split.x_test, seed=seed)
+    num_classes = len(split.classes)
     majority = np.bincount(split.y_train, minlength=num_classes).argmax()
-    metrics = {
-        "knn_accuracy": float((knn == split.y_test).mean()),
-        "linear_accuracy": float((lin == split.y_test).mean()),
+    metrics: dict[str, float] = {}
+    confusions, chosen = {}, {}
+    for name in probes:
+        scores, info = _scores(name, split, num_classes, k=k, seed=seed)
+        chosen[name] = info
+        for metric, est in bootstrap_metrics(split.y_test, scores, num_resamples=num_resamples, seed=seed).items():
+            metrics[f"{name}_{metric}"] = est.value
+            metrics[f"{name}_{metric}_ci_low"] = est.low
+            metrics[f"{name}_{metric}_ci_high"] = est.high
+        confusions[name] = confusion_matrix(split.y_test, scores.argmax(axis=1), num_classes)
+    metrics.update({
         "majority_accuracy": float((split.y_test == majority).mean()),
         "num_train": int(len(split.y_train)),
         "num_test": int(len(split.y_test)),
         "num_classes": num_classes,
-    }
-    write_json_atomic(Path(output_path), {**metrics, "split": split.source, "k": k, "seed": seed})
+    })  # fmt: skip
+    write_json_atomic(Path(output_path), {
+        **metrics, "split": split.source, "k": k, "seed": seed, "classes": split.classes, "chosen": chosen,
+        "confusion_matrices": {n: c.tolist() for n, c in confusions.items()},
+    })  # fmt: skip
     if log_to_mlflow:
-        import mlflow
-
-        from spacenit.train.tracking import start_run
-
-        with start_run(tracking_uri, experiment, run_name="probe", tags={"spacenit.stage": "probe"}):
-            mlflow.log_params({"k": k, "seed": seed, "split": split.source, "embeddings": str(embeddings_path)})
-            mlflow.log_metrics(metrics)
+        _log(metrics, confusions, split, embeddings_path=str(embeddings_path), k=k, seed=seed, tracking_uri=tracking_uri, experiment=experiment)
     return metrics
+
+
+def _log(metrics, confusions, split: Split, *, embeddings_path: str, k: int, seed: int, tracking_uri, experiment) -> None:
+    import mlflow
+
+    from spacenit.evaluation.plots import confusion_figure
+    from spacenit.train.tracking import start_run
+
+    with start_run(tracking_uri, experiment, run_name="probe", tags={"spacenit.stage": "probe"}):
+        mlflow.log_params({"k": k, "seed": seed, "split": split.source, "embeddings": embeddings_path})
+        mlflow.log_metrics(metrics)
+        for name, matrix in confusions.items():
+            mlflow.log_figure(confusion_figure(matrix, split.classes, f"{name} probe"), f"confusion_{name}.png")

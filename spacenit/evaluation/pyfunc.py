@@ -6,7 +6,11 @@ import mlflow
 
 
 class EncoderPyfunc(mlflow.pyfunc.PythonModel):
-    """Serve a registered SpaceNit encoder: a dict of sensor arrays in, embeddings out."""
+    """Serve a registered SpaceNit encoder: a dict of sensor arrays (B, T, C, H, W) in raw units in,
+    pooled embeddings (B, D) out; with params {"output": "patch_maps"}, maps (B, h, w, D).
+
+    MLflow passes `params` only when the logged signature declares them.
+    """
 
     def load_context(self, context) -> None:
         from spacenit.train.checkpoint import load_checkpoint
@@ -16,4 +20,5 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         from spacenit.evaluation.embed import embed_arrays
 
-        return embed_arrays(self.model, self.meta, model_input)
+        patch_maps = (params or {}).get("output") == "patch_maps"
+        return embed_arrays(self.model, self.meta, model_input, patch_maps=patch_maps)

@@ -1,18 +1,21 @@
-"""Checkpoints: safetensors weights plus everything needed to use them.
+"""Checkpoints: the exported model, and the training checkpoints a run resumes from.
 
-A checkpoint is a directory:
+An exported checkpoint (`pretrain`'s `output_dir/checkpoint/`) is a directory:
 
     model.safetensors   encoder + predictor weights
     spacenit.json       model config, sensors (bands, groups, GSD), patch size,
                         normalization stats, SpaceNit version
 
 so `embed` can rebuild the model and normalize new data from the checkpoint
-alone. Writes go to a temporary directory renamed into place.
+alone. Training checkpoints (`output_dir/checkpoints/step-XXXXXX/`, see
+`Checkpointer`) add the optimizer and the trainer's position. All writes go
+to a temporary directory renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -20,12 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors.torch import load_file, save_file
 
 from spacenit import __version__
 from spacenit.arch.models import ModelConfig, SpaceNitModel
 from spacenit.data.stats import SensorStats
 from spacenit.sensors import SensorSpec
+from spacenit.train.trainer import Callback, NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 METADATA = "spacenit.json"
@@ -93,3 +100,139 @@ def load_checkpoint(path: str | Path) -> tuple[SpaceNitModel, CheckpointMeta]:
     model.load_state_dict(load_file(str(path / WEIGHTS)))
     model.eval()
     return model, meta
+
+
+# ---------------------------------------------------------------- training checkpoints (resume)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAIN_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+
+
+def latest_training_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete `step-XXXXXX` directory under `root` (incomplete ones are never renamed there)."""
+    root = Path(root)
+    done = [p for p in root.glob("step-*") if (p / TRAIN_STATE).is_file()] if root.is_dir() else []
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def read_train_state(path: str | Path) -> dict:
+    return json.loads((Path(path) / TRAIN_STATE).read_text())
+
+
+class Checkpointer(Callback):
+    """Trainer callback: a full training checkpoint every `every` steps and at the end; resume from one.
+
+    A checkpoint is `root/step-XXXXXX/` holding
+
+        model.safetensors    the whole train module (model, EMA target, heads, EMA step buffer)
+        optimizer.pt         optimizer and LR scheduler state
+        trainer_state.json   step, skipped steps, last logged metrics, MLflow run id, the resolved config
+
+    written into a temporary directory and renamed into place, so a kill at any
+    moment leaves either the previous checkpoint or the new one. The data
+    loader's position is the step (batches are a function of it), and every
+    random draw is seeded from (seed, step, micro-batch), so nothing else is
+    needed to continue exactly; weights are saved unwrapped, so a run may
+    resume on another number of processes. With FSDP the (sharded) state goes
+    through `accelerator.save_state` instead and resumes on the same world size.
+
+    Call `restore(trainer)` before `trainer.fit()`. List it after the logging
+    callbacks: on a log step it saves in `on_log`, after the metrics are written,
+    so a run killed right after a checkpoint has logged every step up to it.
+    """
+
+    def __init__(self, root: str | Path, every: int, *, keep: int = 2, resume_from: str | Path | None = None,
+                 extra_state: dict | None = None) -> None:  # fmt: skip
+        if keep < 1:
+            raise ValueError(f"keep at least one training checkpoint, got keep={keep}")
+        self.root, self.every, self.keep = Path(root), every, keep
+        self.resume_from = Path(resume_from) if resume_from else None
+        self.extra_state = dict(extra_state or {})
+        self.last_saved: int | None = None
+
+    def restore(self, trainer) -> None:
+        """Load `resume_from` into the trainer (before `fit`, so every callback starts from its step)."""
+        if self.resume_from is None:
+            return
+        state = read_train_state(self.resume_from)
+        acc = trainer.accelerator
+        if is_sharded(acc):
+            acc.load_state(str(self.resume_from / "accelerate"))
+        else:
+            trainer.unwrapped.load_state_dict(load_file(str(self.resume_from / WEIGHTS), device=str(acc.device)))
+            opt = torch.load(self.resume_from / OPTIMIZER_STATE, map_location=acc.device, weights_only=True)
+            trainer.optimizer.load_state_dict(opt["optimizer"])
+            trainer.scheduler.load_state_dict(opt["scheduler"])
+        trainer.step = int(state["step"])
+        trainer.nonfinite_steps = list(state.get("nonfinite_steps", []))
+        trainer.last_metrics = dict(state.get("last_metrics", {}))
+        self.last_saved = trainer.step
+        log.info("resumed from %s at step %d", self.resume_from, trainer.step)
+
+    def on_train_start(self, trainer) -> None:
+        if trainer.accelerator.is_main_process:  # what a kill left half-written
+            for stale in self.root.glob(".tmp-step-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def _due(self, trainer, step: int) -> bool:
+        return (bool(self.every) and step % self.every == 0) or step == trainer.total_steps
+
+    def on_step_end(self, trainer, step: int, metrics) -> None:
+        if self._due(trainer, step) and not trainer.is_log_step(step):
+            self.save(trainer)
+
+    def on_log(self, trainer, step: int, metrics) -> None:
+        # On a log step, save after the metrics were logged (see the class docstring).
+        if self._due(trainer, step):
+            self.save(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        if self.last_saved != trainer.step:
+            self.save(trainer)
+
+    def save(self, trainer) -> Path:
+        acc, step = trainer.accelerator, trainer.step
+        module = trainer.unwrapped
+        local = lambda p: p.to_local() if hasattr(p, "to_local") else p  # noqa: E731 - FSDP shards
+        bad = [n for n, p in module.named_parameters() if not bool(torch.isfinite(local(p)).all())]
+        if is_sharded(acc):  # every rank must take the same decision
+            flag = acc.reduce(torch.tensor(float(len(bad)), device=acc.device), "sum")
+            bad = bad or (["(another rank's shard)"] if float(flag) else [])
+        if bad:
+            last = latest_training_checkpoint(self.root)
+            raise NonFiniteLossError(f"refusing to checkpoint non-finite weights at step {step} ({bad[:3]}...); "
+                                     f"the last good checkpoint is {last}")  # fmt: skip
+        final = self.root / f"step-{step:06d}"
+        tmp = self.root / f".tmp-step-{step:06d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        if is_sharded(acc):
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp / "accelerate"))
+        if acc.is_main_process:
+            if not is_sharded(acc):
+                state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+                save_file(state, str(tmp / WEIGHTS))
+                torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()},
+                           tmp / OPTIMIZER_STATE)  # fmt: skip
+            train_state = {"step": step, "nonfinite_steps": trainer.nonfinite_steps, "world_size": acc.num_processes,
+                           "last_metrics": trainer.last_metrics, **self.extra_state}  # fmt: skip
+            (tmp / TRAIN_STATE).write_text(json.dumps(train_state, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in sorted(self.root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.last_saved = step
+        trainer.emit("on_checkpoint", step, final)
+        return final
+
+
+def is_sharded(accelerator) -> bool:
+    """Whether accelerate runs FSDP (parameters are shards, state goes through save_state)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP

@@ -1,8 +1,18 @@
-"""The `pretrain` stage: masked latent prediction on a converted dataset, through accelerate.
+"""The `pretrain` stage: self-supervised pretraining on a converted dataset, through accelerate.
 
-Runs as one process or many (`torchrun --nproc_per_node N -m spacenit.cli
-pretrain ...`, or `accelerate launch`); the main process logs to MLflow, writes
-the checkpoint and registers the encoder in the Model Registry.
+Runs as one process or many (`ACCELERATE_USE_CPU=true torchrun --nproc_per_node N
+-m spacenit.cli pretrain ...` on CPU, `accelerate launch --multi_gpu ...` on
+GPUs). Every process builds the same model from the same seed, reads its
+share of each step's micro-batches (`spacenit.data.loader`), and the Trainer
+synchronizes gradients. The main process logs to MLflow, writes the exported
+checkpoint and the summary, and registers the encoder.
+
+Output layout:
+
+    output_dir/checkpoint/             exported model (model.safetensors + spacenit.json)
+    output_dir/checkpoints/step-N/     training checkpoints; a re-run resumes from the newest
+    output_dir/pretrain_summary.json   run id, model URI, world size, per-rank parameter checksums
+    output_dir/mlflow_metrics.jsonl    every logged metric, also when MLflow was unreachable
 """
 
 from __future__ import annotations
@@ -14,17 +24,31 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
 from spacenit.arch.models import ModelConfig, SpaceNitModel, count_parameters
-from spacenit.config import Config
+from spacenit.config import Config, ConfigError
 from spacenit.data.format import write_json_atomic
-from spacenit.data.loader import GeoTileDataset, collate
+from spacenit.data.loader import (
+    BatchPlanner,
+    GeoTileDataset,
+    LoaderConfig,
+    build_pretrain_loader,
+    pretrain_geometry,
+)
+from spacenit.data.masking import MaskingConfig
 from spacenit.data.stats import load_stats
-from spacenit.train.checkpoint import CheckpointMeta, save_checkpoint
-from spacenit.train.objectives import LatentPrediction
-from spacenit.train.trainer import Trainer, param_groups, warmup_cosine
+from spacenit.train.checkpoint import (
+    CHECKPOINTS_DIR,
+    Checkpointer,
+    CheckpointMeta,
+    is_sharded,
+    latest_training_checkpoint,
+    read_train_state,
+    save_checkpoint,
+)
+from spacenit.train.module import ObjectiveConfig
+from spacenit.train.schedules import warmup_cosine
+from spacenit.train.trainer import Trainer, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -33,44 +57,85 @@ SUMMARY_JSON = "pretrain_summary.json"
 
 @dataclass
 class TrainConfig(Config):
-    """Optimization settings. Batch sizes count samples."""
+    """Optimization and run settings. Batch sizes count samples; steps count optimizer steps."""
 
     steps: int = 200
     #: Samples per optimizer step over all processes.
     global_batch_size: int = 16
+    #: Samples per forward pass on one process; None = global_batch_size / processes. Smaller
+    #: values accumulate gradients over global_batch_size / (processes * micro_batch_size) passes.
+    micro_batch_size: int | None = None
+    #: Peak learning rate, reached after `warmup_steps`, then cosine decay to lr * min_lr_ratio.
     lr: float = 1e-3
-    weight_decay: float = 0.02
+    min_lr_ratio: float = 0.1
     warmup_steps: int = 20
-    max_grad_norm: float = 1.0
-    #: Pixels per patch side at which tokens are made.
+    #: AdamW weight decay (never on norms, biases, embeddings and tokens).
+    weight_decay: float = 0.02
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    #: Gradient clipping by global norm; None = no clipping.
+    max_grad_norm: float | None = 1.0
+    #: Patch size (pixels) the exported checkpoint embeds at, and the in-loop probe uses.
     patch_size: int = 8
-    mask_ratio: float = 0.5
-    ema_momentum: float = 0.996
-    ema_momentum_end: float = 1.0
     seed: int = 0
-    num_workers: int = 0
-    #: "no", "bf16" or "fp16" (accelerate's mixed precision).
+    #: "no" or "bf16" autocast.
     mixed_precision: str = "no"
+    #: "ddp" (replicated weights) or "fsdp" (sharded; FSDP2 through accelerate).
+    distributed: str = "ddp"
+    #: torch.compile every transformer block (dynamic shapes).
+    compile: bool = False
+    #: Log metrics every this many steps (averaged over them).
     log_every: int = 10
+    #: Training checkpoint every this many steps (0: only at the end), keeping the newest `keep_checkpoints`.
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    #: Continue from the newest checkpoint in output_dir/checkpoints when there is one.
+    resume: bool = True
+    #: Steps with non-finite gradients are skipped; this many in a row stop training.
+    max_consecutive_nonfinite: int = 3
+    #: In-loop kNN probe (spacenit.evaluation.inloop) every this many steps (0: off) on the labelled
+    #: dataset `probe_dataset` (default: the training dataset), logged as eval/knn_accuracy.
+    probe_every: int = 0
+    probe_dataset: str | None = None
+
+
+@dataclass
+class TrackingConfig(Config):
+    """What goes to MLflow beside the metrics."""
+
+    log_system_metrics: bool = True
+    #: Upload every training checkpoint's weights as run artifacts.
+    log_checkpoints: bool = True
+    #: Seconds the end of training waits for unsent MLflow records (they are in mlflow_metrics.jsonl anyway).
+    flush_timeout_s: float = 60.0
+    #: While the tracking server does not answer, retry after 1, 2, 4, ... seconds, at most this many.
+    max_retry_interval_s: float = 30.0
 
 
 @dataclass
 class PretrainConfig(Config):
     model: ModelConfig = field(default_factory=ModelConfig)
+    data: LoaderConfig = field(default_factory=LoaderConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def build_config(model_preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                 config_path: str | Path | None = None) -> PretrainConfig:  # fmt: skip
-    """The resolved config: YAML file (or defaults), then a model preset, then dotted overrides."""
+                 config_path: str | Path | None = None, experiment: str | None = None) -> PretrainConfig:  # fmt: skip
+    """The resolved config: YAML file (or defaults), then a model preset (replaces `model`),
+    then a named experiment (spacenit.train.experiments), then dotted overrides."""
     from spacenit.arch.models import PRESETS
     from spacenit.config import apply_overrides
+    from spacenit.train.experiments import apply_experiment
 
     cfg = PretrainConfig.from_yaml(config_path) if config_path else PretrainConfig()
     if model_preset:
         if model_preset not in PRESETS:
             raise KeyError(f"unknown model preset {model_preset!r}; presets: {sorted(PRESETS)}")
         cfg.model = PRESETS[model_preset]
+    if experiment:
+        cfg = apply_experiment(cfg, experiment)
     return apply_overrides(cfg, list(overrides))
 
 
@@ -98,109 +163,211 @@ def pretrain(
 ) -> PretrainResult:
     """Pretrain an encoder; returns where the checkpoint and the registered model are.
 
-    Writes `output_dir/checkpoint/` and `output_dir/pretrain_summary.json`.
+    Writes `output_dir/checkpoint/`, `output_dir/checkpoints/` and `output_dir/pretrain_summary.json`.
+    Re-running with the same output_dir continues from the newest training checkpoint.
     """
     config = config or PretrainConfig()
     tc = config.train
+    _check(tc)
     stats = load_stats(stats_path)  # fails early, naming the file, when stats are missing
     output_dir = Path(output_dir)
+    accelerator = _accelerator(tc, cpu)
+    world, rank = accelerator.num_processes, accelerator.process_index
 
-    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=tc.mixed_precision)
-    set_seed(tc.seed)
-    world = accelerator.num_processes
-    if tc.global_batch_size % world:
-        raise ValueError(f"train.global_batch_size={tc.global_batch_size} must divide by the {world} processes")
+    dataset = GeoTileDataset(dataset_dir, stats, sensors=config.data.sensors)
+    micro = tc.micro_batch_size or tc.global_batch_size // world
+    if tc.global_batch_size % (world * micro):
+        raise ConfigError(f"train.global_batch_size={tc.global_batch_size} must divide into {world} processes x "
+                          f"micro-batches of {micro} samples")  # fmt: skip
+    planner = BatchPlanner(len(dataset), tc.global_batch_size, micro, pretrain_geometry(dataset), config.data, tc.seed)
+    accum = planner.micro_batches_per_step // world
 
-    dataset = GeoTileDataset(dataset_dir, stats)
-    per_rank = tc.global_batch_size // world
-    if len(dataset) < tc.global_batch_size:
-        raise ValueError(
-            f"{dataset_dir} has {len(dataset)} samples, fewer than train.global_batch_size={tc.global_batch_size}; "
-            "lower it with --set train.global_batch_size=N"
-        )
-    loader = DataLoader(
-        dataset, batch_size=per_rank, shuffle=True, drop_last=True, num_workers=tc.num_workers,
-        collate_fn=collate, generator=torch.Generator().manual_seed(tc.seed),
-    )  # fmt: skip
-
-    sensors = list(dataset.reader.info.sensors.values())
+    sensors = [dataset.reader.info.sensors[name] for name in dataset.sensor_names]
+    torch.manual_seed(tc.seed)  # the same initial weights on every process
     model = SpaceNitModel(config.model, sensors)
-    objective = LatentPrediction(model, tc.mask_ratio, tc.ema_momentum, tc.ema_momentum_end, ema_warmup_steps=tc.steps)
-    optimizer = torch.optim.AdamW(param_groups(objective, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.steps))
-    objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
+    module = config.objective.build(model, config.masking.build(), total_steps=tc.steps)
+    if tc.compile:
+        for block in [*model.encoder.transformer.blocks, *model.predictor.transformer.blocks]:
+            block.compile(dynamic=True)
+    optimizer = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.steps, tc.min_lr_ratio))
+    # The scheduler stays unprepared: accelerate would step it once per process.
+    module, optimizer = accelerator.prepare(module, optimizer)
 
-    callbacks: list = []
-    run = None
+    resume_from = latest_training_checkpoint(output_dir / CHECKPOINTS_DIR) if tc.resume else None
+    resumed = read_train_state(resume_from) if resume_from else {}
+    run = mlflow_cb = None
+    extra_state = {"config": config.to_dict()}
     if accelerator.is_main_process:
-        from spacenit.train.callbacks import MLflowCallback, ProgressBar
-        from spacenit.train.tracking import start_run
+        run = _start_or_resume_run(tracking_uri, experiment, resumed.get("mlflow_run_id"))
+        extra_state["mlflow_run_id"] = run.info.run_id
+        log.info("model: %d encoder parameters; %d processes x %d micro-batches of %d samples per step",
+                 count_parameters(model.encoder), world, accum, micro)  # fmt: skip
 
-        run = start_run(tracking_uri, experiment, run_name="pretrain", tags={"spacenit.stage": "pretrain"})
-        callbacks = [ProgressBar(tc.steps), MLflowCallback(config.to_dict(), tc.log_every)]
-        log.info("model: %d encoder parameters, %d processes", count_parameters(model.encoder), world)
+    from spacenit.train.callbacks import MLflowCallback, NaNGuard, ProgressBar, Throughput
 
-    trainer = Trainer(
-        objective, optimizer, scheduler, loader, accelerator,
-        total_steps=tc.steps, patch_size=tc.patch_size, seed=tc.seed,
-        max_grad_norm=tc.max_grad_norm, callbacks=callbacks,
-    )  # fmt: skip
+    # Order matters: the NaN guard stops a run before a bad step is checkpointed; metrics are
+    # complete (throughput, probe) before MLflow logs them; the Checkpointer saves last.
+    callbacks = [NaNGuard(tc.max_consecutive_nonfinite), Throughput()]
+    if tc.probe_every:
+        from spacenit.evaluation.inloop import KnnProbeCallback
+
+        callbacks.append(KnnProbeCallback(tc.probe_dataset or dataset_dir, stats, patch_size=tc.patch_size,
+                                          every_n_steps=tc.probe_every, seed=tc.seed, log_to="metrics"))  # fmt: skip
+    if run is not None:
+        import mlflow
+
+        mlflow_cb = MLflowCallback(
+            run.info.run_id, mlflow.get_tracking_uri(), config.to_dict(), output_dir,
+            log_system_metrics=config.tracking.log_system_metrics, log_checkpoints=config.tracking.log_checkpoints,
+            flush_timeout_s=config.tracking.flush_timeout_s, max_retry_interval_s=config.tracking.max_retry_interval_s,
+        )  # fmt: skip
+        callbacks += [ProgressBar(tc.steps), mlflow_cb]
+    checkpointer = Checkpointer(output_dir / CHECKPOINTS_DIR, tc.checkpoint_every, keep=tc.keep_checkpoints,
+                                resume_from=resume_from, extra_state=extra_state)  # fmt: skip
+    callbacks.append(checkpointer)
+
+    def make_loader(start_step: int):
+        return build_pretrain_loader(dataset, planner, config.data, rank=rank, world_size=world,
+                                     start_step=start_step, total_steps=tc.steps)  # fmt: skip
+
+    trainer = Trainer(module, optimizer, scheduler, make_loader, accelerator, total_steps=tc.steps, accum_steps=accum,
+                      seed=tc.seed, max_grad_norm=tc.max_grad_norm, log_every=tc.log_every, callbacks=callbacks)  # fmt: skip
     try:
+        checkpointer.restore(trainer)
         metrics = trainer.fit()
-        checksums = _parameter_checksums(accelerator, accelerator.unwrap_model(objective).model)
-        result = PretrainResult(output_dir / "checkpoint", None, None, None, metrics["loss"], world)
+        checksums = _parameter_checksums(accelerator, accelerator.unwrap_model(module).model)
+        trained = _export_model(accelerator, module, config, sensors)
+        result = PretrainResult(output_dir / "checkpoint", None, None, None, float(metrics.get("loss", float("nan"))), world)
         if accelerator.is_main_process:
-            result = _finish(accelerator, objective, result, config, stats, dataset, checksums, register_as, alias)
+            extra = {"trained_steps": tc.steps, "dataset": str(dataset.reader.root), "resumed_from": str(resume_from or ""),
+                     "nonfinite_steps": trainer.nonfinite_steps}  # fmt: skip
+            result = _finish(trained, result, config, stats, dataset, checksums, extra, register_as, alias)
     except BaseException:
         if run is not None:
-            import mlflow
-
-            mlflow.end_run(status="FAILED")
+            _end_run("FAILED")
         raise
+    finally:
+        if mlflow_cb is not None:
+            mlflow_cb.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
 
+def _check(tc: TrainConfig) -> None:
+    if tc.mixed_precision not in ("no", "bf16"):
+        raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got {tc.mixed_precision!r}")
+    if tc.distributed not in ("ddp", "fsdp"):
+        raise ConfigError(f"train.distributed must be 'ddp' or 'fsdp', got {tc.distributed!r}")
+    if tc.steps < 1 or tc.log_every < 1:
+        raise ConfigError("train.steps and train.log_every must be at least 1")
+    if tc.probe_every and tc.distributed == "fsdp":
+        raise ConfigError("the in-loop probe runs on the main process alone, which FSDP cannot: set train.probe_every=0")
+
+
+def _accelerator(tc: TrainConfig, cpu: bool) -> Accelerator:
+    kwargs = {}
+    if tc.distributed == "fsdp":
+        from accelerate import FullyShardedDataParallelPlugin
+
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True)
+    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=tc.mixed_precision, **kwargs)
+    if tc.distributed == "fsdp" and not is_sharded(accelerator):
+        # accelerate silently falls back to plain data parallelism where FSDP is unavailable (CPU).
+        raise ConfigError(f"train.distributed=fsdp, but accelerate runs {accelerator.distributed_type.value}: "
+                          "FSDP needs CUDA devices; use train.distributed=ddp here")  # fmt: skip
+    return accelerator
+
+
+def _start_or_resume_run(tracking_uri: str | None, experiment: str, run_id: str | None):
+    """A new MLflow run, or the interrupted run `run_id` reopened so its metrics continue."""
+    import mlflow
+
+    from spacenit.train.tracking import default_tracking_uri, start_run
+
+    if run_id:
+        mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+        try:
+            return mlflow.start_run(run_id=run_id)
+        except mlflow.exceptions.MlflowException as e:
+            log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, e)
+    return start_run(tracking_uri, experiment, run_name="pretrain", tags={"spacenit.stage": "pretrain"})
+
+
+def _end_run(status: str) -> None:
+    import mlflow
+
+    try:
+        mlflow.end_run(status=status)
+    except Exception as e:  # noqa: BLE001 - the tracker being away must not hide the real outcome
+        log.warning("could not end the MLflow run (%s)", e)
+
+
 def _parameter_checksums(accelerator: Accelerator, model: torch.nn.Module) -> list[float]:
-    """One float64 checksum of all weights per process; equal values mean ranks are in sync."""
+    """One float64 checksum of all weights per process; equal values mean ranks are in sync.
+
+    Sharded (FSDP) parameters are gathered whole first, so every rank sums the full model.
+    """
     total = torch.zeros(1, dtype=torch.float64, device=accelerator.device)
     for i, p in enumerate(model.parameters()):
-        total += (p.detach().double() * (1.0 + 1e-3 * i)).sum()
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p
+        total += (full.detach().double() * (1.0 + 1e-3 * i)).sum()
     return accelerator.gather(total).cpu().tolist()
 
 
-def _finish(accelerator, objective, result, config, stats, dataset, checksums, register_as, alias) -> PretrainResult:
+def _export_model(accelerator: Accelerator, module: torch.nn.Module, config: PretrainConfig, sensors) -> SpaceNitModel:
+    """The trained model as a plain module on the main process (FSDP: gathered from the shards)."""
+    if not is_sharded(accelerator):
+        return accelerator.unwrap_model(module).model
+    state = accelerator.get_state_dict(module)  # collective; the full state lands on the main process
+    model = SpaceNitModel(config.model, sensors)
+    if accelerator.is_main_process:
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model
+
+
+def _finish(model, result, config, stats, dataset, checksums, extra, register_as, alias) -> PretrainResult:
+    """Main process: export the checkpoint, register the encoder, write the summary, close the run.
+
+    The checkpoint and the summary are always written; MLflow failures are warnings.
+    """
     import mlflow
 
     from spacenit.train.tracking import log_and_register_encoder
 
-    model = accelerator.unwrap_model(objective).model
     meta = CheckpointMeta(
         model=config.model,
-        sensors=list(dataset.reader.info.sensors.values()),
+        sensors=list(model.sensors),
         patch_size=config.train.patch_size,
         stats={name: stats[name] for name in dataset.sensor_names},
-        extra={"trained_steps": config.train.steps, "dataset": str(dataset.reader.root)},
+        extra=extra,
     )
     save_checkpoint(result.checkpoint_dir, model, meta)
-    model_uri = version = None
-    if register_as:
-        model_uri, version = log_and_register_encoder(result.checkpoint_dir, register_as, alias)
     run_id = mlflow.active_run().info.run_id
+    model_uri = version = None
     summary = {
         "checkpoint_dir": str(result.checkpoint_dir),
         "run_id": run_id,
-        "model_uri": model_uri,
-        "model_version": version,
+        "model_uri": None,
+        "model_version": None,
         "final_loss": result.final_loss,
         "world_size": result.world_size,
         "parameter_checksums": checksums,
+        "nonfinite_steps": extra["nonfinite_steps"],
+        "resumed_from": extra["resumed_from"],
         "config": config.to_dict(),
     }
+    try:
+        if register_as:
+            model_uri, version = log_and_register_encoder(result.checkpoint_dir, register_as, alias)
+        summary.update(model_uri=model_uri, model_version=version)
+        mlflow.log_dict(summary, SUMMARY_JSON)
+    except Exception as e:  # noqa: BLE001 - the checkpoint is on disk; registering can be redone from it
+        log.warning("MLflow failed at the end of training (%s); the checkpoint is in %s, register it later", e,
+                    result.checkpoint_dir)  # fmt: skip
     write_json_atomic(result.checkpoint_dir.parent / SUMMARY_JSON, summary)
-    mlflow.log_dict(summary, SUMMARY_JSON)
-    mlflow.end_run()
+    _end_run("FINISHED")
     return PretrainResult(result.checkpoint_dir, run_id, model_uri, version, result.final_loss, result.world_size)
 
 

@@ -1,28 +1,59 @@
-"""One training loop, driven by accelerate; everything optional is a callback.
+"""The training loop, on accelerate; everything optional is a callback.
 
-Callbacks get `on_train_start(trainer)`, `on_step_end(trainer, step, metrics)`
-and `on_train_end(trainer)`, on the main process only.
+One optimizer step = `accum_steps` micro-batches on every rank, gradients
+synchronized once (DDP `no_sync` on the others), clipped, then the update.
+Micro-batch j of step s is masked, augmented and dropout-seeded from
+(seed, s, j) alone, so 1 rank with 2 accumulation steps computes what
+2 ranks do, and a resumed run what an uninterrupted one does.
+
+A step whose gradient norm is not finite (NaN or inf in a loss, a batch, an
+overflow) does not touch the weights, the optimizer or the EMA target; it is
+reported to the callbacks (`on_nonfinite`), and the NaN guard decides whether
+training goes on. The gradient norm is computed from the all-reduced
+gradients, so every rank takes the same decision without extra communication.
+
+Callback hooks, called on every rank in list order (a callback that logs
+checks `trainer.accelerator.is_main_process` itself):
+
+    on_train_start(trainer)                        before the first step
+    on_step_end(trainer, step, metrics)            after each step; `step` counts finished steps
+    on_log(trainer, step, metrics)                 then, every `log_every` steps and at the last:
+                                                   metrics averaged over the interval and the ranks
+                                                   (mutable: later callbacks see what earlier ones add)
+    on_nonfinite(trainer, step, report)            a step was skipped
+    on_checkpoint(trainer, step, path)             a training checkpoint was written
+    on_train_end(trainer)
 """
 
 from __future__ import annotations
 
-import math
-import time
-from typing import Protocol
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import send_to_device
 from torch import nn
 
-
-class Callback(Protocol):
-    def on_train_start(self, trainer: Trainer) -> None: ...
-    def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None: ...
-    def on_train_end(self, trainer: Trainer) -> None: ...
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; training stops before the weights are touched."""
+    """Training produced non-finite gradients too many times in a row; the weights were never touched."""
+
+
+class Callback:
+    """No-op base: override the hooks you need."""
+
+    def on_train_start(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None: ...
+    def on_log(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None: ...
+    def on_nonfinite(self, trainer: Trainer, step: int, report: dict[str, Any]) -> None: ...
+    def on_checkpoint(self, trainer: Trainer, step: int, path) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -31,91 +62,141 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "embed" in name.rsplit(".", 1)[-1] or name.endswith("mask_token") else decay).append(p)
+        leaf = name.rsplit(".", 1)[-1]
+        (no_decay if p.ndim < 2 or "embed" in leaf or leaf in ("mask_token", "queries", "registers") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+#: Module outputs that count things per micro-batch (summed over a step, not averaged).
+COUNTERS = ("tokens",)
 
-    return factor
+
+def micro_batch_seed(seed: int, step: int, micro_index: int) -> int:
+    """The seed of everything random about micro-batch `micro_index` of `step` (masks, dropout)."""
+    return int(np.random.SeedSequence([seed, step, micro_index, 0xA5]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class Trainer:
     def __init__(
         self,
-        objective: nn.Module,
+        module: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        dataloader,
+        make_loader: Callable[[int], Iterable[dict]],
         accelerator: Accelerator,
         *,
         total_steps: int,
-        patch_size: int,
+        accum_steps: int,
         seed: int,
-        max_grad_norm: float,
+        max_grad_norm: float | None,
+        log_every: int = 10,
         callbacks: list[Callback] | tuple = (),
     ) -> None:
-        self.objective, self.optimizer, self.scheduler = objective, optimizer, scheduler
-        self.dataloader, self.accelerator = dataloader, accelerator
-        self.total_steps, self.patch_size, self.seed = total_steps, patch_size, seed
-        self.max_grad_norm = max_grad_norm
+        """`module` and `optimizer` come from `accelerator.prepare`; the scheduler does not (accelerate
+        would step it once per process). `make_loader(start_step)` gives this rank's micro-batches."""
+        self.module, self.optimizer, self.scheduler = module, optimizer, scheduler
+        self.make_loader, self.accelerator = make_loader, accelerator
+        self.total_steps, self.accum_steps, self.seed = total_steps, accum_steps, seed
+        self.max_grad_norm, self.log_every = max_grad_norm, log_every
         self.callbacks = list(callbacks)
-        self.step = 0
+        self.step = 0  # finished optimizer steps; a resume sets it
+        self.nonfinite_steps: list[int] = []
         self.last_metrics: dict[str, float] = {}
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        self._sums: dict[str, torch.Tensor] = {}
+        self._steps_in_interval = 0
+        self._last_lr = float("nan")
 
-    def _emit(self, event: str, *args) -> None:
-        if self.accelerator.is_main_process:
-            for cb in self.callbacks:
-                getattr(cb, event)(self, *args)
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.module)
 
-    def _mask_generator(self) -> torch.Generator:
-        # Masks depend only on (seed, step, rank): reproducible, and different per rank.
-        rank = self.accelerator.process_index
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.step * 1_009 + rank)
+    def is_log_step(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps
+
+    def emit(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
 
     def fit(self) -> dict[str, float]:
-        objective = self.accelerator.unwrap_model(self.objective)
-        params = [p for p in self.objective.parameters() if p.requires_grad]
-        self._emit("on_train_start")
-        epoch = 0
-        tick = time.perf_counter()
+        self.emit("on_train_start")
+        batches = iter(self.make_loader(self.step))
         while self.step < self.total_steps:
-            if hasattr(self.dataloader, "set_epoch"):
-                self.dataloader.set_epoch(epoch)
-            for batch in self.dataloader:
-                self.step += 1
-                self.objective.train()
-                with self.accelerator.autocast():
-                    out = self.objective(batch, self.patch_size, self._mask_generator())
-                loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"loss is {loss.item()} at step {self.step}; stopping before the update")
-                self.accelerator.backward(loss)
-                grad_norm = self.accelerator.clip_grad_norm_(params, self.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                objective.update_target()
-
-                now = time.perf_counter()
-                batch_size = next(iter(batch["images"].values())).shape[0] * self.accelerator.num_processes
-                metrics = {
-                    "loss": self.accelerator.reduce(loss.detach(), "mean").item(),
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "ema_momentum": objective.momentum(),
-                    "samples_per_s": batch_size / max(now - tick, 1e-9),
-                }
-                tick = now
-                self.last_metrics = metrics
-                self._emit("on_step_end", self.step, metrics)
-                if self.step >= self.total_steps:
-                    break
-            epoch += 1
-        self._emit("on_train_end")
+            self.run_step(batches)
+        self.emit("on_train_end")
         return self.last_metrics
+
+    def run_step(self, batches: Iterator[dict]) -> None:
+        """One step with its callbacks: the unit `fit` repeats (and benchmarks time)."""
+        metrics = self.train_step(batches)
+        self.step += 1
+        self.emit("on_step_end", self.step, metrics)
+        if self.is_log_step(self.step):
+            self.last_metrics = self._interval_metrics()
+            self.emit("on_log", self.step, self.last_metrics)
+
+    def train_step(self, batches: Iterator[dict]) -> dict[str, float]:
+        """One optimizer step over `accum_steps` micro-batches; returns this rank's raw step metrics."""
+        acc, module = self.accelerator, self.module
+        module.train()
+        step_sums: dict[str, torch.Tensor] = {}
+        plans = []
+        for a in range(self.accum_steps):
+            batch = next(batches)
+            if batch["step"] != self.step:
+                raise RuntimeError(f"the loader is at step {batch['step']}, the trainer at {self.step}")
+            plans.append({k: batch[k] for k in ("micro_index", "patch_size")} | {"index": batch["index"].tolist()})
+            seed = micro_batch_seed(self.seed, self.step, batch["micro_index"])
+            torch.manual_seed(seed)  # dropout and band dropout, identical on 1 rank or N
+            masks = torch.Generator().manual_seed(seed)
+            batch = send_to_device(batch, acc.device, non_blocking=True)
+            sync = a == self.accum_steps - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(module):
+                with acc.autocast():
+                    out = module(batch, batch["patch_size"], masks, self.step)
+                acc.backward(out["loss"] / self.accum_steps)
+            for k, v in out.items():
+                # Losses average over micro-batches; counters (tokens) add up.
+                v = v.detach().float() if k in COUNTERS else v.detach().float() / self.accum_steps
+                step_sums[k] = step_sums.get(k, 0.0) + v
+        grad_norm = acc.clip_grad_norm_(self._params, self.max_grad_norm or float("inf"))
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            self.unwrapped.after_optimizer_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self._last_lr = self.scheduler.get_last_lr()[0]  # the rate this step used
+        self.scheduler.step()
+        step_metrics = {"loss": float(step_sums["loss"]), "grad_norm": float(grad_norm), "lr": lr}
+        if not finite:
+            report = {"step": self.step + 1, "rank": acc.process_index, "micro_batches": plans,
+                      "losses": {k: float(v) for k, v in step_sums.items()}, "grad_norm": float(grad_norm)}  # fmt: skip
+            self.nonfinite_steps.append(self.step + 1)
+            log.warning("step %d: gradient norm %s, update skipped (micro-batches %s)", self.step + 1, float(grad_norm), plans)
+            self.emit("on_nonfinite", self.step + 1, report)
+            return step_metrics
+        step_sums["grad_norm"] = grad_norm.detach().float()
+        step_sums["samples"] = torch.tensor(float(sum(len(p["index"]) for p in plans)), device=acc.device)
+        step_sums["patch_size"] = torch.tensor(float(plans[0]["patch_size"]), device=acc.device)
+        for k, v in step_sums.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._steps_in_interval += 1
+        return step_metrics
+
+    def _interval_metrics(self) -> dict[str, float]:
+        """Means over the finite steps since the last log and over ranks; counters summed over ranks."""
+        keys = sorted(self._sums)
+        metrics: dict[str, float] = {}
+        if keys:
+            stacked = torch.stack([torch.as_tensor(self._sums[k], device=self.accelerator.device) for k in keys])
+            mean = self.accelerator.reduce(stacked, "mean") / max(self._steps_in_interval, 1)
+            world = self.accelerator.num_processes
+            for k, v in zip(keys, mean.tolist(), strict=True):
+                # Counters: global totals per step (every rank did its share).
+                metrics[k] = v * world if k in ("samples", *COUNTERS) else v
+        metrics["lr"] = self._last_lr
+        metrics["nonfinite_steps"] = float(len(self.nonfinite_steps))
+        metrics.update(self.unwrapped.scalars())
+        metrics["interval_steps"] = float(self._steps_in_interval)
+        self._sums, self._steps_in_interval = {}, 0
+        return metrics

@@ -1,0 +1,123 @@
+"""Does pretraining help? A nano encoder pretrained on EuroSAT for at most N minutes vs its random twin.
+
+End to end on the real chips in ../shared/data/eurosat_ms (216 Sentinel-2 L1C
+chips, 10 classes):
+
+1. convert (class folders) + stats, cached in --work-dir;
+2. time a few pretraining steps, then pretrain nano for as many steps as fit
+   in --budget-min minutes (the schedule is set for that many steps);
+3. score the pretrained encoder, the same architecture at random
+   initialization, and the raw-pixel baseline (per band mean/std) with the
+   same probes, 5-fold cross-fitted (every chip is predicted once by a probe
+   that did not see it), 95% bootstrap CIs;
+4. print the kNN verdict (non-overlapping CIs?) as soon as it is known;
+5. fill in the rest of the report: few-shot kNN / linear / prototypical,
+   attentive and fine-tuning on EuroSAT, every probe on BigEarthNet (the
+   EuroSAT encoder on L2A bands matched by name), and write it.
+
+    python benchmarks/eurosat_pretrain_vs_random.py --budget-min 15 --work-dir eval-work/eurosat-run
+
+The CPU may be shared: the step time is measured on the spot, so a busy
+machine gets fewer steps rather than a longer run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from spacenit.evaluation.adapters import RawPixelAdapter, SpaceNitAdapter
+from spacenit.evaluation.benchmark import BenchmarkOptions, run_benchmark
+from spacenit.evaluation.bootstrap import Estimate
+from spacenit.evaluation.datasets import bigearthnet_task, eurosat_task
+from spacenit.evaluation.finetune import FinetuneConfig
+from spacenit.evaluation.report import write_report
+from spacenit.evaluation.results import ResultKey, ResultsStore
+from spacenit.evaluation.splits import ALL
+from spacenit.train.pretrain import build_config, pretrain
+
+#: Pretraining settings for a short CPU run: tokens at the evaluation patch size only (no random
+#: patch sizes), no intermediate checkpoints or system metrics. `--set` adds or overrides.
+DEFAULT_OVERRIDES = [
+    "data.min_patch_size=8",
+    "data.max_patch_size=8",
+    "train.checkpoint_every=1000000",
+    "tracking.log_system_metrics=false",
+    "tracking.log_checkpoints=false",
+]
+
+
+def timed_pretrain(dataset: Path, out: Path, steps: int, overrides: list[str], tracking_uri: str):
+    cfg = build_config("spacenit_nano", [f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 20)}", *overrides])
+    tick = time.perf_counter()
+    result = pretrain(dataset, dataset / "stats.json", out, cfg, tracking_uri=tracking_uri, experiment="eurosat-pretrain", register_as=None)
+    return result, time.perf_counter() - tick
+
+
+def knn_verdict(store: ResultsStore, adapters, pretrained_name: str) -> dict:
+    knn = {a.name: store.get(ResultKey("eurosat", a.name, "knn", ALL, 0)).metrics["accuracy"] for a in adapters}
+    est = {name: Estimate(m["value"], m["low"], m["high"]) for name, m in knn.items()}
+    for name, e in est.items():
+        print(f"EuroSAT kNN accuracy {name}: {e}")
+    trained, random = est[pretrained_name], est[adapters[1].name]
+    verdict = trained.value > random.value and not trained.overlaps(random)
+    print(f"pretrained beats random init with non-overlapping 95% CIs: {verdict}")
+    print(f"pretrained vs raw pixels: {trained} vs {est['raw_pixels']}")
+    return {"knn_accuracy": knn, "pretrained_beats_random_non_overlapping": verdict}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--work-dir", type=Path, default=Path("eval-work/eurosat-pretrain-vs-random"))
+    p.add_argument("--budget-min", type=float, default=15.0, help="wall-clock minutes of pretraining, at most")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="pretraining config override (repeatable)")
+    p.add_argument("--skip-extra", action="store_true", help="only the kNN verdict: no few-shot, attentive, fine-tuning, BigEarthNet")
+    args = p.parse_args()
+    work = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    overrides = DEFAULT_OVERRIDES + args.overrides
+    task = eurosat_task(args.data_root, work)
+
+    # Calibrate: two short runs; their difference is the time per step without the fixed costs.
+    _, t_small = timed_pretrain(task.dataset_dir, work / "calibrate-a", 5, overrides, tracking_uri)
+    _, t_large = timed_pretrain(task.dataset_dir, work / "calibrate-b", 25, overrides, tracking_uri)
+    per_step = max((t_large - t_small) / 20, 1e-3)
+    fixed = max(t_small - 5 * per_step, 0.0)
+    steps = max(int((args.budget_min * 60 - fixed) / per_step * 0.95), 10)
+    print(f"calibration: {per_step:.2f} s/step, {fixed:.0f} s fixed -> {steps} steps for {args.budget_min} min", flush=True)
+
+    result, wall = timed_pretrain(task.dataset_dir, work / "pretrain", steps, overrides, tracking_uri)
+    print(f"pretrained {steps} steps in {wall / 60:.1f} min, final loss {result.final_loss:.4f}", flush=True)
+    summary = {"steps": steps, "pretrain_minutes": wall / 60, "seconds_per_step": per_step, "final_loss": result.final_loss,
+               "overrides": overrides}  # fmt: skip
+
+    pretrained = SpaceNitAdapter.from_checkpoint(result.checkpoint_dir, name=f"nano-pretrained-{steps}steps")
+    adapters = [pretrained, pretrained.random_twin(seed=0), RawPixelAdapter()]
+    store = ResultsStore(work / "results.sqlite")
+    log = {"tracking_uri": tracking_uri, "experiment": "eurosat-eval"}
+    tick = time.perf_counter()
+    # The target first: kNN with every training sample, for the three models.
+    run_benchmark(task, adapters, store=store, options=BenchmarkOptions(probes=("knn",)), **log)
+    summary.update(knn_verdict(store, adapters, pretrained.name))
+    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    if not args.skip_extra:
+        few_shot = BenchmarkOptions(probes=("knn", "linear", "prototypical"), n_train=(1, 5, 10, ALL))
+        run_benchmark(task, adapters, store=store, options=few_shot, **log)
+        heavy = BenchmarkOptions(probes=("attentive", "finetune"), finetune=FinetuneConfig(epochs=2))
+        run_benchmark(task, adapters, store=store, options=heavy, **log)
+        # BigEarthNet: the EuroSAT (L1C) encoder on L2A bands by name (B10 missing); S1 is not one of its sensors.
+        ben = bigearthnet_task(args.data_root, work)
+        on_l2a = [SpaceNitAdapter(a.model, a.meta, name=a.name, sensor_map="auto") for a in adapters[:2]]
+        all_probes = BenchmarkOptions(probes=("knn", "linear", "prototypical", "attentive", "finetune"), finetune=FinetuneConfig(epochs=5))
+        run_benchmark(ben, [*on_l2a, RawPixelAdapter()], store=store, options=all_probes, **log)
+    summary["evaluation_minutes"] = (time.perf_counter() - tick) / 60
+    (work / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"evaluation: {summary['evaluation_minutes']:.1f} min; report: {write_report(store, work / 'report.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Batch augmentations (spec section 3.3): D4 dihedral, CutMix, SensorDropout.
+
+They act on a micro-batch `images: {sensor: (B, T, C, H, W) or (B, T, C)}`
+of standardized values with the sentinel where data is missing, and draw
+every random choice from the generator they are given (seeded per step and
+micro-batch by the loader, so a resumed run augments exactly as before).
+Co-registered sensors of one sample always get the same transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spacenit.config import Config
+from spacenit.sensors import SENTINEL
+
+
+def dihedral(images: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One of the 8 symmetries of the square per sample (k quarter turns, then an optional flip)."""
+    spatial = {k: v for k, v in images.items() if v.ndim == 5}
+    if not spatial:
+        return images
+    B = next(iter(spatial.values())).shape[0]
+    turns = torch.randint(4, (B,), generator=generator).tolist()
+    flips = torch.randint(2, (B,), generator=generator).tolist()
+    out = dict(images)
+    for name, x in spatial.items():  # (B, T, C, H, W)
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"dihedral transforms need square tiles; {name} is {x.shape[-2]}x{x.shape[-1]}")
+        samples = []
+        for b in range(B):
+            y = torch.rot90(x[b], turns[b], dims=(-2, -1))
+            samples.append(torch.flip(y, dims=(-1,)) if flips[b] else y)
+        out[name] = torch.stack(samples)
+    return out
+
+
+def cutmix(images: dict[str, torch.Tensor], generator: torch.Generator, alpha: float = 1.0) -> dict[str, torch.Tensor]:
+    """Paste into each sample a box from the next sample of the batch (rolled by one).
+
+    The box area fraction is drawn from Beta(alpha, alpha); the box is the same
+    for every spatial sensor and timestep of the sample.
+    """
+    spatial = {k: v for k, v in images.items() if v.ndim == 5}
+    if not spatial:
+        return images
+    first = next(iter(spatial.values()))
+    B, H, W = first.shape[0], first.shape[-2], first.shape[-1]
+    if B < 2:
+        return images
+    # torch's Beta takes no generator: draw it with numpy, seeded from ours.
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    box_h, box_w = max(1, round(H * lam**0.5)), max(1, round(W * lam**0.5))
+    top = int(torch.randint(H - box_h + 1, (1,), generator=generator))
+    left = int(torch.randint(W - box_w + 1, (1,), generator=generator))
+    out = dict(images)
+    for name, x in spatial.items():
+        mixed = x.clone()
+        mixed[..., top : top + box_h, left : left + box_w] = x.roll(1, dims=0)[..., top : top + box_h, left : left + box_w]
+        out[name] = mixed
+    return out
+
+
+def sensor_dropout(images: dict[str, torch.Tensor], generator: torch.Generator, probability: float) -> dict[str, torch.Tensor]:
+    """Drop whole sensors per sample with `probability` by setting them to the sentinel
+    (their tokens become absent); every sample keeps at least one sensor."""
+    names = list(images)
+    if len(names) < 2 or probability <= 0:
+        return images
+    B = next(iter(images.values())).shape[0]
+    drop = torch.rand(B, len(names), generator=generator) < probability  # (B, S)
+    keep_one = torch.randint(len(names), (B,), generator=generator)
+    drop[torch.arange(B), keep_one] = False
+    out = {}
+    for s, name in enumerate(names):
+        x = images[name]
+        if drop[:, s].any():
+            x = x.clone()
+            x[drop[:, s]] = SENTINEL
+        out[name] = x
+    return out
+
+
+@dataclass
+class AugmentConfig(Config):
+    """Augmentations of pretraining batches; all off means batches are used as stored."""
+
+    #: Random D4 symmetry (rotations by 90 degrees and flips) per sample.
+    dihedral: bool = True
+    #: Probability that a micro-batch gets CutMix.
+    cutmix_probability: float = 0.0
+    #: Probability of dropping each sensor of a sample (never all of them).
+    sensor_dropout: float = 0.0
+
+    def apply(self, images: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Full-tile augmentations, applied before the token-budget crop."""
+        if self.dihedral:
+            images = dihedral(images, generator)
+        if self.cutmix_probability > 0 and float(torch.rand((), generator=generator)) < self.cutmix_probability:
+            images = cutmix(images, generator)
+        return images
+
+    def apply_after_crop(self, images: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return sensor_dropout(images, generator, self.sensor_dropout)

@@ -1,0 +1,183 @@
+"""The evaluation verbs of the `spacenit` command: embed, probe, evaluate, report.
+
+Kept beside the functions they wrap so spacenit/cli.py only hands over: it
+calls `add_evaluation_verbs` while building its parser and
+`run_evaluation_verb` for these verbs. Each verb parses, calls one function
+and prints what it wrote. Heavy imports happen inside the runners.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+EVALUATION_VERBS = ("embed", "probe", "evaluate", "report")
+
+EVALUATION_EXAMPLES = {
+    "embed": """examples:
+  spacenit embed demo-output/pretrain/checkpoint demo-output/dataset demo-output/embeddings.zarr
+  spacenit embed models:/spacenit-encoder@champion demo-output/dataset emb.zarr --patch-maps \\
+      --tracking-uri sqlite:///demo-output/mlflow.db
+  # an L1C model on L2A data (B10 missing -> no data):
+  spacenit embed ckpt bigearthnet-ds emb.zarr --sensor-map sentinel2_l1c=sentinel2_l2a --allow-missing-bands
+  # a GeoTIFF scene larger than the window -> georeferenced per-patch embeddings:
+  spacenit embed ckpt scene.tif scene_emb.tif --zarr scene_emb.zarr --bands B2,B3,B4,B5,B6,B7 \\
+      --window-px 64 --overlap-px 16
+
+A .tif input is embedded window by window (overlapping windows, blended) into a
+Cloud-Optimized GeoTIFF (and/or --zarr) on the scene's grid coarsened by the patch size.""",
+    "probe": """example:
+  spacenit probe demo-output/embeddings.zarr demo-output/probe.json --tracking-uri sqlite:///demo-output/mlflow.db
+
+Metrics come with 95% bootstrap CIs (<metric>_ci_low/_ci_high); confusion matrices go to MLflow.""",
+    "evaluate": """examples:
+  spacenit evaluate eurosat --model nano=out/checkpoint --baseline random_init --baseline raw_pixels \\
+      --probes knn,linear,prototypical --n-train 1,5,10,all --store eval/results.sqlite
+  spacenit evaluate bigearthnet --model nano=models:/spacenit-encoder@champion --sensor-map auto
+  spacenit evaluate path/to/converted-labelled-dataset --model nano=out/checkpoint --probes knn
+
+Tasks: eurosat, bigearthnet (from --data-root), or a converted dataset with labels. Cells
+already in --store are skipped; each new one is an MLflow run with CIs and a confusion matrix.""",
+    "report": """example:
+  spacenit report eval/results.sqlite eval/report.md""",
+}
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return key, value
+
+
+def _n_train(text: str) -> list[int]:
+    return [-1 if v.strip() == "all" else int(v) for v in text.split(",")]
+
+
+def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
+                         tracking_args: Callable[[argparse.ArgumentParser], None]) -> None:  # fmt: skip
+    """Add the evaluation sub-parsers; `verb(name, help)` makes one, `tracking_args` adds MLflow options."""
+    e = verb("embed", "Write embeddings of a dataset (pooled, optionally per-patch maps), or of a GeoTIFF scene.")
+    e.add_argument("model", help="checkpoint directory or MLflow URI (models:/name@alias)")
+    e.add_argument("dataset_dir", type=Path, help="a converted dataset, or a GeoTIFF scene (.tif)")
+    e.add_argument("output", type=Path, help="embeddings to write: a Zarr group (emb.zarr), or for a scene a .tif or .zarr")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs")
+    e.add_argument("--patch-maps", action="store_true", help="also write per-patch embedding maps (N, h, w, D)")
+    e.add_argument("--workers", type=int, default=None, help="loader processes (default: cores - 1, at most 4)")
+    e.add_argument("--sensor-map", type=_key_value, action="append", default=[], metavar="MODEL=DATA",
+                   help="feed model sensor MODEL from data sensor DATA, bands matched by name (repeatable)")  # fmt: skip
+    e.add_argument("--allow-missing-bands", action="store_true", help="fill model bands the data lacks with no-data")
+    scene = e.add_argument_group("GeoTIFF scenes")
+    scene.add_argument("--zarr", type=Path, default=None, help="also write the scene embedding as Zarr here")
+    scene.add_argument("--bands", default=None, help="comma-separated band names of the scene, in file order")
+    scene.add_argument("--sensor", default=None, help="model sensor the scene feeds (default: most shared band names)")
+    scene.add_argument("--window-px", type=int, default=64, help="window side in pixels (default: %(default)s)")
+    scene.add_argument("--overlap-px", type=int, default=16, help="overlap of neighbouring windows (default: %(default)s)")
+    scene.add_argument("--month", type=int, default=0, help="acquisition month 1-12 of the scene (0: unknown)")
+
+    r = verb("probe", "Probes (kNN, linear, prototypical) on embeddings; metrics with CIs to JSON and MLflow.")
+    r.add_argument("embeddings", type=Path)
+    r.add_argument("output", type=Path, help="metrics JSON to write")
+    r.add_argument("-k", type=int, default=20, help="neighbours for kNN (default: %(default)s)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--test-fraction", type=float, default=0.3)
+    r.add_argument("--probes", default="knn,linear", help="comma-separated: knn, linear, prototypical (default: %(default)s)")
+    tracking_args(r)
+
+    v = verb("evaluate", "Benchmark models x probes x training sizes on a task; results to a SQLite store and MLflow.")
+    v.add_argument("task", help="eurosat, bigearthnet, or the path of a converted labelled dataset")
+    v.add_argument("--model", type=_key_value, action="append", default=[], metavar="NAME=CHECKPOINT",
+                   help="a SpaceNit checkpoint or models:/ URI under a name (repeatable)")  # fmt: skip
+    v.add_argument("--baseline", action="append", default=[], choices=["random_init", "raw_pixels"],
+                   help="random_init: each --model's architecture untrained; raw_pixels: band mean/std")  # fmt: skip
+    v.add_argument("--adapter", action="append", default=[], metavar="NAME|module:factory", help="an external encoder adapter")
+    v.add_argument("--probes", default="knn,linear,prototypical", help="comma-separated of knn, linear, prototypical, attentive, finetune")
+    v.add_argument("--n-train", type=_n_train, default=[-1], help="samples per class, e.g. 1,5,10,all (default: all)")
+    v.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    v.add_argument("-k", type=int, default=20)
+    v.add_argument("--sensor-map", default=None, help="'auto' to run models on related sensors by band name")
+    v.add_argument("--data-root", type=Path, default=Path("../shared/data"), help="where eurosat_ms/ and bigearthnet/ are")
+    v.add_argument("--work-dir", type=Path, default=Path("eval-work"), help="prepared datasets are cached here")
+    v.add_argument("--store", type=Path, default=Path("eval-work/results.sqlite"), help="results store (SQLite)")
+    v.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    tracking_args(v)
+
+    rep = verb("report", "Write the markdown report (each probe x each model, with CIs) from a results store.")
+    rep.add_argument("store", type=Path)
+    rep.add_argument("output", type=Path)
+    rep.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
+
+
+def run_evaluation_verb(args: argparse.Namespace) -> int:
+    if args.verb == "embed":
+        return _embed(args)
+    if args.verb == "probe":
+        from spacenit.evaluation.probe import probe
+
+        metrics = probe(args.embeddings, args.output, k=args.k, seed=args.seed, test_fraction=args.test_fraction,
+                        tracking_uri=args.tracking_uri, experiment=args.experiment, probes=args.probes.split(","))  # fmt: skip
+        print(json.dumps(metrics, indent=1))
+        return 0
+    if args.verb == "evaluate":
+        return _evaluate(args)
+    if args.verb == "report":
+        from spacenit.evaluation.report import write_report
+        from spacenit.evaluation.results import ResultsStore
+
+        if not args.store.is_file():
+            raise FileNotFoundError(f"results store {args.store} does not exist; fill it with `spacenit evaluate`")
+        print(f"wrote {write_report(ResultsStore(args.store), args.output, tasks=args.task)}")
+        return 0
+    raise AssertionError(args.verb)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    if args.dataset_dir.suffix.lower() in (".tif", ".tiff") and args.dataset_dir.is_file():
+        from spacenit.evaluation.sliding import embed_scene
+
+        outputs = [args.output] + ([args.zarr] if args.zarr else [])
+        result = embed_scene(args.model, args.dataset_dir, outputs, bands=args.bands.split(",") if args.bands else None,
+                             sensor=args.sensor, window_px=args.window_px, overlap_px=args.overlap_px,
+                             batch_size=args.batch_size, month=args.month, tracking_uri=args.tracking_uri)  # fmt: skip
+        print(f"wrote {', '.join(map(str, result.outputs))}: {result.shape[0]} x {result.shape[1]} cells x {result.channels} "
+              f"channels, {result.crs}, {result.windows} windows")  # fmt: skip
+        return 0
+    from spacenit.evaluation.embed import embed
+
+    path = embed(args.model, args.dataset_dir, args.output, batch_size=args.batch_size, tracking_uri=args.tracking_uri,
+                 patch_maps=args.patch_maps, num_workers=args.workers, sensor_map=dict(args.sensor_map) or None,
+                 allow_missing_bands=args.allow_missing_bands)  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from spacenit.evaluation.adapters import RawPixelAdapter, SpaceNitAdapter, build_adapter
+    from spacenit.evaluation.benchmark import BenchmarkOptions, flat_metrics, run_benchmark
+    from spacenit.evaluation.datasets import load_task
+    from spacenit.evaluation.results import ResultsStore
+
+    task = load_task(args.task, data_root=args.data_root, work_dir=args.work_dir)
+    models = [SpaceNitAdapter.from_checkpoint(path, name=name, tracking_uri=args.tracking_uri, sensor_map=args.sensor_map)
+              for name, path in args.model]  # fmt: skip
+    adapters = list(models)
+    if "random_init" in args.baseline:
+        adapters += [m.random_twin() for m in models]
+    if "raw_pixels" in args.baseline:
+        adapters.append(RawPixelAdapter())
+    adapters += [build_adapter(spec) for spec in args.adapter]
+    if not adapters:
+        raise KeyError("nothing to evaluate: give --model NAME=CHECKPOINT, --baseline or --adapter")
+    options = BenchmarkOptions(probes=args.probes.split(","), n_train=args.n_train,
+                               seeds=[int(s) for s in args.seeds.split(",")], k=args.k)  # fmt: skip
+    results = run_benchmark(task, adapters, store=ResultsStore(args.store), options=options,
+                            tracking_uri=args.tracking_uri, experiment=args.experiment, log_to_mlflow=not args.no_mlflow)  # fmt: skip
+    for r in results:
+        k = r.key
+        shown = {m: round(v, 3) for m, v in flat_metrics(r).items()}
+        print(f"{k.task} {k.model} {k.probe} n_train={'all' if k.n_train == -1 else k.n_train} seed={k.seed}: {shown}")
+    print(f"{len(results)} new result(s) in {args.store}")
+    return 0

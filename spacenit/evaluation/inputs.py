@@ -1,0 +1,104 @@
+"""Feeding data to a model whose sensors it was not converted for: bands are matched by name.
+
+A model knows its sensors and their band names (checkpoint metadata). Data
+from a dataset, a GeoTIFF scene or a served request comes with its own band
+names. `SensorBinding` says, for each band of a model sensor, which data band
+feeds it; bands the data lacks are filled with the missing-value sentinel,
+which the tokenizer treats as no data. Examples: a Sentinel-2 L1C model on
+L2A data (no B10), a Landsat model on a 6-band surface-reflectance scene.
+
+By default the binding is strict (same sensor name, same bands), so a
+mismatch is an error naming both band lists rather than a silent zero-fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spacenit.data.standardizer import Standardizer
+from spacenit.data.stats import SensorStats
+from spacenit.sensors import SENTINEL, SensorSpec
+
+
+class InputBindingError(ValueError):
+    """Data that does not carry what the model needs."""
+
+
+@dataclass(frozen=True)
+class SensorBinding:
+    model_sensor: SensorSpec
+    #: Name of the data's sensor that feeds it.
+    data_sensor: str
+    #: For each band of the model sensor, the index of the data band, or -1 when the data lacks it.
+    band_index: tuple[int, ...]
+
+    @property
+    def missing_bands(self) -> list[str]:
+        return [b for b, i in zip(self.model_sensor.bands, self.band_index, strict=True) if i < 0]
+
+    def select(self, array: np.ndarray) -> np.ndarray:
+        """Data (..., C_data, H, W) -> model-ordered bands (..., C_model, H, W), sentinel where missing."""
+        index = np.asarray(self.band_index)
+        out = np.take(array, np.maximum(index, 0), axis=-3).astype(np.float32, copy=True)
+        out[..., index < 0, :, :] = SENTINEL
+        return out
+
+
+def bind_sensors(
+    model_sensors: list[SensorSpec],
+    data_bands: Mapping[str, list[str] | tuple[str, ...]],
+    *,
+    sensor_map: Mapping[str, str] | None = None,
+    allow_missing_bands: bool = False,
+) -> list[SensorBinding]:
+    """Bind each model sensor to a data sensor (`sensor_map`: model name -> data name; default same name).
+
+    `data_bands`: data sensor name -> its band names in storage order.
+    """
+    sensor_map = dict(sensor_map or {})
+    bindings = []
+    for spec in model_sensors:
+        source = sensor_map.get(spec.name, spec.name)
+        if source not in data_bands:
+            raise InputBindingError(
+                f"the model needs sensor {spec.name!r}, which the data does not have (it has {sorted(data_bands)}); "
+                "name the data sensor that should feed it with a sensor map (model=data)"
+            )
+        have = list(data_bands[source])
+        index = tuple(have.index(b) if b in have else -1 for b in spec.bands)
+        binding = SensorBinding(spec, source, index)
+        if binding.missing_bands and (not allow_missing_bands or all(i < 0 for i in index)):
+            raise InputBindingError(
+                f"sensor {spec.name!r}: the model expects bands {list(spec.bands)}, the data ({source!r}) has {have}"
+                + ("" if allow_missing_bands else "; allow missing bands to fill the others with no-data")
+            )
+        bindings.append(binding)
+    return bindings
+
+
+class ModelInputs:
+    """Raw data arrays -> standardized model inputs, for one set of bindings and stats."""
+
+    def __init__(self, bindings: list[SensorBinding], stats: dict[str, SensorStats]) -> None:
+        self.bindings = bindings
+        self.standardize = Standardizer(stats, {b.model_sensor.name: b.model_sensor for b in bindings})
+
+    @property
+    def sensor_names(self) -> list[str]:
+        return [b.model_sensor.name for b in self.bindings]
+
+    def sample(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One sample: data sensor -> (T, C_data, H, W) raw -> model sensor -> (T, C_model, H, W) standardized."""
+        return {b.model_sensor.name: self.standardize(b.model_sensor.name, b.select(data[b.data_sensor])) for b in self.bindings}
+
+    def batch(self, data: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """A batch: data sensor -> (B, T, C, H, W) raw -> model sensor -> standardized tensor."""
+        out = {}
+        for b in self.bindings:
+            x = data[b.data_sensor]
+            out[b.model_sensor.name] = torch.from_numpy(np.stack([self.standardize(b.model_sensor.name, b.select(xi)) for xi in x]))
+        return out

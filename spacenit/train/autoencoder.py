@@ -1,0 +1,169 @@
+"""Pixel reconstruction (spec section 2.4, "AutoEncoder"; Pixio notes in ssl-eval-notes.md).
+
+The encoder sees the visible tokens; a pixel decoder (its own transformer,
+`model.decoder_depth` blocks, so "a deeper decoder" is one config value)
+takes the encoder outputs at visible positions and a mask token at positions
+to predict, and `PixelHead` turns its outputs into the pixels of every
+(sensor, band group) patch at the batch's patch size. The loss (MSE, L1 or
+smooth L1) counts predicted patches only and real pixels only, against
+targets standardized per patch (MAE's norm_pix_loss) by default.
+
+Pixio's class tokens: with `num_cls_tokens` K > 0, K learned queries attend
+over the encoder's visible outputs, and the K global tokens they make enter
+the decoder beside the patches (without a position), so reconstruction
+gradients shape a global summary of the encoder output. (Pixio's class
+tokens live inside the encoder; ours are read from its output because the
+encoder does not return its register tokens.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from spacenit.arch.heads import PixelHead
+from spacenit.arch.models import SpaceNitModel
+from spacenit.arch.norm import RMSNorm
+from spacenit.arch.packing import key_mask, pack, unpack
+from spacenit.arch.rope import SpatioTemporalRoPE
+from spacenit.arch.transformer import TransformerStack
+from spacenit.config import ConfigError
+from spacenit.data.masking import MaskingStrategy
+from spacenit.sensors import SENTINEL
+from spacenit.train import losses
+from spacenit.train.module import ObjectiveConfig, TrainModule
+
+
+class ClassTokens(nn.Module):
+    """K learned queries attending over encoded tokens: (B, N, D), keep (B, N) -> (B, K, D)."""
+
+    def __init__(self, dim: int, num_tokens: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
+        self.kv = nn.Linear(dim, 2 * dim)
+
+    def forward(self, encoded: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(encoded).chunk(2, dim=-1)  # (B, N, D) each
+        scores = torch.einsum("kd,bnd->bkn", self.queries, k) / math.sqrt(k.shape[-1])  # (B, K, N)
+        scores = scores.masked_fill(~keep[:, None, :], torch.finfo(scores.dtype).min)
+        return torch.einsum("bkn,bnd->bkd", scores.softmax(-1), v)  # (B, K, D)
+
+
+class PixelDecoder(nn.Module):
+    """Encoder outputs at visible positions + mask tokens elsewhere (+ class tokens) -> decoder features."""
+
+    def __init__(self, model: SpaceNitModel, num_cls_tokens: int = 0) -> None:
+        super().__init__()
+        c = model.config
+        num_groups = sum(len(gs) for gs in model.encoder.tokenizer.groups.values())
+        self.input_proj = nn.Linear(c.dim, c.decoder_dim)
+        self.mask_token = nn.Parameter(torch.randn(c.decoder_dim) * 0.02)
+        self.group_embed = nn.Parameter(torch.randn(num_groups, c.decoder_dim) * 0.02)
+        self.cls = ClassTokens(c.dim, num_cls_tokens) if num_cls_tokens else None
+        self.rope = SpatioTemporalRoPE(c.decoder_dim // c.decoder_heads)
+        self.transformer = TransformerStack(c.decoder_dim, c.decoder_depth, c.decoder_heads, None, c.mlp_ratio, c.dropout, c.qk_norm)
+        self.norm = RMSNorm(c.decoder_dim)
+
+    def forward(self, encoded: torch.Tensor, visible: torch.Tensor, predict: torch.Tensor, layout) -> torch.Tensor:
+        """encoded (B, N, De); visible / predict (B, N) -> features (B, N, Dd), meaningful where `predict`."""
+        x = self.input_proj(encoded)  # (B, N, Dd)
+        queries = self.mask_token + self.group_embed[layout.group_index(x.device)]  # (N, Dd)
+        x = torch.where(visible.unsqueeze(-1), x, queries)
+        packed, real, index = pack(x, visible | predict)  # (B, L, Dd)
+        positions = layout.positions(x.device)[index]  # (B, L, 3)
+        if self.cls is not None:
+            cls = self.input_proj(self.cls(encoded, visible))  # (B, K, Dd)
+            K = cls.shape[1]
+            packed = torch.cat((cls, packed), dim=1)  # (B, K+L, Dd)
+            positions = torch.cat((positions.new_zeros(x.shape[0], K, 3), positions), dim=1)  # no rotation
+            real_all = torch.cat((real.new_ones(x.shape[0], K), real), dim=1)
+        else:
+            K, real_all = 0, real
+        rope = self.rope(positions).unsqueeze(1)  # (B, 1, K+L, head_dim/2)
+        out = self.transformer(packed, rope, key_mask(real_all))
+        return unpack(self.norm(out[:, K:]), real, index, layout.num_tokens)  # (B, N, Dd)
+
+
+def target_pixels(model: SpaceNitModel, images: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
+    """{(sensor, group): (B, T, C, H, W)} of the bands of every token group, in the tokenizer's order."""
+    out = {}
+    for spec in model.sensors:
+        for group in model.encoder.tokenizer.groups[spec.name]:
+            index = torch.tensor(spec.band_index(group.bands), device=images[spec.name].device)
+            out[(spec.name, group.name)] = images[spec.name].index_select(2, index)
+    return out
+
+
+def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, T*h*w, C*p*p), tokens in (t, row, col) order like the tokenizer's.
+
+    A non-spatial sensor's (B, T, C) is already one token per timestep.
+    """
+    if x.ndim == 3:
+        return x
+    B, T, C, H, W = x.shape
+    p = patch_size
+    x = x.reshape(B, T, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, T, h, w, C, p, p)
+    return x.reshape(B, T * (H // p) * (W // p), C * p * p)
+
+
+class PixelBranch(nn.Module):
+    """Pixel decoder + PixelHead + reconstruction loss; shared by AutoEncoder and DualBranch."""
+
+    def __init__(self, model: SpaceNitModel, config: ObjectiveConfig) -> None:
+        super().__init__()
+        if model.config.merge_bandsets:
+            raise ConfigError("pixel reconstruction needs one token per bandset: set model.merge_bandsets=false")
+        if config.reconstruction_loss not in ("mse", "l1", "smooth_l1"):
+            raise ConfigError(f"objective.reconstruction_loss must be mse, l1 or smooth_l1, got {config.reconstruction_loss!r}")
+        self.config = config
+        self.decoder = PixelDecoder(model, config.num_cls_tokens)
+        channels = {(s, g.name): len(g.bands) for s, gs in model.encoder.tokenizer.groups.items() for g in gs}
+        nonspatial = frozenset(s.name for s in model.sensors if not s.spatial)
+        self.head = PixelHead(model.config.decoder_dim, channels, model.config.base_patch_size, nonspatial)
+
+    def forward(self, model: SpaceNitModel, images, tok, encoded, visible, predict, patch_size: int) -> torch.Tensor:
+        """The reconstruction loss of the predicted patches (mean over patches of all groups)."""
+        features = self.decoder(encoded, visible, predict, tok.layout)  # (B, N, Dd)
+        with torch.autocast(features.device.type, enabled=False):  # pixels in float32 (bf16 resize has no CPU kernel)
+            predicted = self.head(features.float(), tok.layout)  # {(sensor, group): (B, T, C, H, W)}
+        targets = target_pixels(model, images)
+        c = self.config
+        total, patches = features.float().sum() * 0.0, predict.new_zeros((), dtype=torch.long)
+        for block, start, stop in tok.layout.spans():
+            per_group = predict[:, start:stop].unflatten(1, (len(block.groups), -1))  # (B, G, T*h*w)
+            for gi, group in enumerate(block.groups):
+                sel = per_group[:, gi]  # (B, T*h*w)
+                target = patchify(targets[(block.sensor, group)], patch_size)[sel]  # (M, C*p*p)
+                pred = patchify(predicted[(block.sensor, group)], patch_size)[sel]  # (M, C*p*p)
+                term = losses.reconstruction(pred, target, target != SENTINEL, kind=c.reconstruction_loss,
+                                             normalize_target=c.normalize_target_patches)  # fmt: skip
+                # Groups differ in patch length: weigh each group's mean by its number of patches.
+                total = total + term * sel.sum()
+                patches = patches + sel.sum()
+        return total / patches.clamp(min=1)
+
+
+class AutoEncoder(TrainModule):
+    def __init__(self, model: SpaceNitModel, config: ObjectiveConfig | None = None, masking: MaskingStrategy | None = None,
+                 *, total_steps: int = 1000) -> None:  # fmt: skip
+        config = config or ObjectiveConfig(name="autoencoder")
+        super().__init__(model, config, masking, total_steps)
+        self.pixel = PixelBranch(model, config)
+        # The latent predictor is not trained here; frozen, it stays out of DDP's gradient sync.
+        model.predictor.requires_grad_(False)
+
+    def forward(self, batch: dict, patch_size: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
+        tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size)
+        visible, predict = self.mask(tok, generator, step)
+        encoded, _, _ = self.model.encoder.encode(tok, visible)
+        recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size)
+        return {
+            "loss": self.config.reconstruction_weight * recon,
+            "reconstruction_loss": recon,
+            "visible_tokens": visible.sum() / visible.shape[0],
+            "predicted_tokens": predict.sum() / predict.shape[0],
+            "tokens": (~tok.absent).sum().float(),
+        }
