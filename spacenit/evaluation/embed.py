@@ -14,8 +14,6 @@ under bf16 autocast.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from spacenit.arch.models import SpaceNitModel
+from spacenit.data.format import atomic_directory
 from spacenit.data.loader import months_of
 from spacenit.data.shards import DatasetReader
 from spacenit.evaluation.inputs import InputBindingError, ModelInputs, bind_sensors
@@ -198,8 +197,7 @@ def embed(
 def save_embeddings(path: str | Path, emb: Embeddings, *, model: str) -> Path:
     """Write atomically: a temporary group renamed into place."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
+    with atomic_directory(path) as tmp:
         group = zarr.open_group(store=str(tmp), mode="w", zarr_format=3)
         group.attrs.update({"ids": emb.ids, "labels": emb.labels, "splits": emb.splits, "model": model})
         arr = group.create_array(EMBEDDINGS_ARRAY, shape=emb.vectors.shape, dtype="float32", chunks=emb.vectors.shape)
@@ -210,12 +208,6 @@ def save_embeddings(path: str | Path, emb: Embeddings, *, model: str) -> Path:
             maps[...] = emb.patch_maps.astype(np.float32)
             valid = group.create_array(PATCH_VALID_ARRAY, shape=emb.patch_valid.shape, dtype="bool", chunks=emb.patch_valid.shape)
             valid[...] = emb.patch_valid
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from spacenit import __version__
 from spacenit.arch.models import ModelConfig, SpaceNitModel
+from spacenit.data.format import atomic_directory
 from spacenit.data.stats import SensorStats
 from spacenit.sensors import SensorSpec
 from spacenit.train.trainer import Callback, NonFiniteLossError
@@ -73,18 +73,11 @@ class CheckpointMeta:
 
 def save_checkpoint(path: str | Path, model: SpaceNitModel, meta: CheckpointMeta) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(path) as tmp:
+        tmp.mkdir(parents=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         (tmp / METADATA).write_text(json.dumps(meta.to_dict(), indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
