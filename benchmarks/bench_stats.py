@@ -5,7 +5,8 @@
 
 Each real input set is converted once (Zarr and HDF5). Then, alternating in
 one process: the peer reads every sensor array of every shard, shard after
-shard (`Shard.read`, what stats reads), and `compute_stats` with 1 worker,
+shard (`Shard.read`, what stats reads: Zarr sample by sample from the shard
+index, our fastest read), and `compute_stats` with 1 worker,
 then with 2 workers. Printed: the medians and stats / read, in wall time and,
 for one worker, in CPU time (all threads of the process), which a busy machine
 disturbs less. One stats worker reads the next shard in a thread while it
