@@ -14,8 +14,9 @@ import zarr
 
 from spacenit.conversion.convert import convert
 from spacenit.data.format import load_dataset_info
-from spacenit.data.shards import DatasetReader, Shard
+from spacenit.data.shards import DatasetReader, Shard, write_shard
 from spacenit.data.stats import compute_stats
+from spacenit.sensors import SENTINEL
 
 #: HDF5 filter id of zstd, as registered by hdf5plugin.
 ZSTD_FILTER_ID = 32015
@@ -94,6 +95,9 @@ def test_direct_zarr_sample_reads_equal_zarr_python(synthetic_dataset: Path, tmp
             whole = np.asarray(zarr.open_group(store=str(synthetic_dataset / name), mode="r")[sensor][...])
             for row in range(whole.shape[0]):
                 np.testing.assert_array_equal(shard.read(sensor, row), whole[row])
+            np.testing.assert_array_equal(shard.read(sensor), whole)  # slices and row lists too
+            np.testing.assert_array_equal(shard.read(sensor, slice(1, 3)), whole[1:3])
+            np.testing.assert_array_equal(shard.read(sensor, [0, 2]), whole[[0, 2]])
         shard.close()
 
     # An array laid out otherwise (no sharding) is read by zarr itself.
@@ -112,3 +116,18 @@ def test_damaged_zarr_shard_index_is_an_error(synthetic_dataset: Path, tmp_path:
     chunk_file.write_bytes(bytes(payload))
     with pytest.raises(ValueError, match="shard index .* is damaged"):
         DatasetReader(tmp_path / "ds")[0]
+
+
+def test_zarr_shards_we_write_read_back_through_zarr_python(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    arrays = {
+        "sentinel2_l2a": rng.normal(1000, 300, size=(5, 2, 12, 16, 16)).astype(np.float32),
+        "era5": rng.normal(280, 5, size=(5, 3, 4)).astype(np.float32),
+    }
+    arrays["sentinel2_l2a"][1, 0] = SENTINEL
+    write_shard(tmp_path / "s.zarr", arrays, {"records": []}, "zarr")
+    group = zarr.open_group(store=str(tmp_path / "s.zarr"), mode="r")
+    for name, data in arrays.items():
+        np.testing.assert_array_equal(np.asarray(group[name][...]), data)
+        assert group[name].metadata.to_dict()["codecs"][0]["name"] == "sharding_indexed"
+    assert sorted(p.name for p in (tmp_path / "s.zarr" / "era5").rglob("*") if p.is_file()) == ["0", "zarr.json"]

@@ -49,7 +49,14 @@ from spacenit.data.format import (
     save_dataset_info,
     write_json_atomic,
 )
-from spacenit.data.shards import SHARD_SUFFIX, read_shard_attrs, remove_shard, write_shard
+from spacenit.data.shards import (
+    SHARD_SUFFIX,
+    EncodedRows,
+    encode_rows,
+    read_shard_attrs,
+    remove_shard,
+    write_shard,
+)
 from spacenit.sensors import REGISTRY, SENTINEL, SensorSpec
 
 log = logging.getLogger(__name__)
@@ -283,7 +290,7 @@ def _finished_shard(plan: _ShardPlan) -> _ShardResult | None:
 class _SampleOutcome:
     """A converted sample (arrays and record) or its failure."""
 
-    arrays: dict[str, np.ndarray] | None = None
+    arrays: dict[str, np.ndarray | EncodedRows] | None = None  # compressed when workers encode
     record: SampleRecord | None = None
     failure: Failure | None = None
 
@@ -299,7 +306,12 @@ def _convert_shards(plans: list[_ShardPlan], workers: int, bar: tqdm) -> list[_S
     plans[0].path.parent.mkdir(parents=True, exist_ok=True)
     contents, options = plans[0].contents, plans[0].options  # the same for every shard
     samples = [sample for plan in plans for sample in plan.samples]
-    tasks = [(samples[i : i + SAMPLES_PER_TASK], contents, options) for i in range(0, len(samples), SAMPLES_PER_TASK)]
+    # With several workers, they also compress (Zarr) and the writer only writes bytes; with
+    # one, the writer thread compresses shard k on the second core while shard k+1 converts.
+    encode = workers > 1 and options.storage == "zarr"
+    tasks = [
+        (samples[i : i + SAMPLES_PER_TASK], contents, options, encode) for i in range(0, len(samples), SAMPLES_PER_TASK)
+    ]  # fmt: skip
     outcomes = (outcome for chunk in _in_order(_convert_samples_task, tasks, workers) for outcome in chunk)
     writes: list[Future[_ShardResult]] = []
     with ThreadPoolExecutor(max_workers=1) as writer:
@@ -337,7 +349,7 @@ def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome]) -> _ShardResu
         outcome.record.shard, outcome.record.row = plan.name, row
         records.append(outcome.record)
     if converted:
-        arrays = {name: np.stack([o.arrays[name] for o in converted]) for name in plan.contents.sensors}
+        arrays = {name: _stack([o.arrays[name] for o in converted]) for name in plan.contents.sensors}
         attrs = {
             "fingerprint": plan.fingerprint,
             "records": [{k: v for k, v in asdict(r).items() if k != "shard"} for r in records],
@@ -347,11 +359,22 @@ def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome]) -> _ShardResu
     return _ShardResult(plan.name, records, failures)
 
 
-def _convert_samples_task(task: tuple[list[SampleInput], DatasetContents, ConvertOptions]) -> list[_SampleOutcome]:
-    """Worker entry point: convert a few samples, each to arrays and a record or to its failure."""
-    samples, contents, options = task
+def _stack(rows: list[np.ndarray | EncodedRows]) -> np.ndarray | EncodedRows:
+    return EncodedRows.concat(rows) if isinstance(rows[0], EncodedRows) else np.stack(rows)
+
+
+def _convert_samples_task(
+    task: tuple[list[SampleInput], DatasetContents, ConvertOptions, bool],
+) -> list[_SampleOutcome]:
+    """Worker entry point: convert a few samples, each to arrays (compressed if `encode`) and a record, or to its failure."""
+    samples, contents, options, encode = task
     with rasterio.Env(**GDAL_OPTIONS):
-        return [_convert_or_fail(sample, contents, options) for sample in samples]
+        outcomes = [_convert_or_fail(sample, contents, options) for sample in samples]
+    if encode:
+        for o in outcomes:
+            if o.arrays is not None:
+                o.arrays = {name: encode_rows(a[None]) for name, a in o.arrays.items()}
+    return outcomes
 
 
 def _convert_or_fail(sample: SampleInput, contents: DatasetContents, options: ConvertOptions) -> _SampleOutcome:

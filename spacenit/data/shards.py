@@ -43,8 +43,48 @@ HDF5_ATTRS = "spacenit"
 ZSTD_LEVEL = 1
 
 
-def write_shard(path: Path, arrays: dict[str, np.ndarray], attrs: dict | None = None, storage: str = "zarr") -> None:
-    """Write `arrays` (sensor -> (N, ...)) and `attrs` as one shard, atomically.
+#: The chunk codec of every array `_write_zarr` creates (zarr's BloscCodec settles typesize 4 for float32).
+_ZARR_BLOSC = {"cname": "zstd", "clevel": ZSTD_LEVEL, "shuffle": "shuffle", "typesize": 4, "blocksize": 0}
+
+
+@dataclass
+class EncodedRows:
+    """Rows of one sensor's array already compressed as Zarr chunks, one chunk per row.
+
+    Conversion workers compress their samples themselves (`encode_rows`), so the
+    process that writes the shard only concatenates bytes: with several workers,
+    compressing in the one writer had become the bottleneck.
+    """
+
+    shape: tuple[int, ...]  # of the whole array, (N, ...)
+    chunks: list[bytes]
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncodedRows]) -> EncodedRows:
+        shape = (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+        return cls(shape, [c for p in parts for c in p.chunks])
+
+
+def encode_rows(data: np.ndarray) -> EncodedRows:
+    """Compress `data` (N, ...) row by row as `_write_zarr` would."""
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    blosc = _blosc(_ZARR_BLOSC)
+    return EncodedRows(tuple(data.shape), [blosc.encode(row) for row in data])
+
+
+def _blosc(config: dict) -> numcodecs.Blosc:
+    """numcodecs' Blosc from a Zarr v3 blosc configuration: the codec zarr itself would use."""
+    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[config["shuffle"]]
+    return numcodecs.Blosc(
+        cname=config["cname"], clevel=config["clevel"], shuffle=shuffle,
+        blocksize=config.get("blocksize", 0), typesize=config.get("typesize", 4),
+    )  # fmt: skip
+
+
+def write_shard(
+    path: Path, arrays: dict[str, np.ndarray | EncodedRows], attrs: dict | None = None, storage: str = "zarr"
+) -> None:
+    """Write `arrays` (sensor -> (N, ...), or its `EncodedRows` for Zarr) and `attrs` as one shard, atomically.
 
     The shard is built under a temporary name beside `path` and renamed into
     place, so an interrupted write never leaves a half shard under `path`.
@@ -77,23 +117,43 @@ def remove_shard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _write_zarr(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+def _write_zarr(path: Path, arrays: dict[str, np.ndarray | EncodedRows], attrs: dict) -> None:
     group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     group.attrs.update(attrs)
     for name, data in arrays.items():
-        data = np.ascontiguousarray(data, dtype=np.float32)
-        arr = group.create_array(
+        encoded = data if isinstance(data, EncodedRows) else encode_rows(data)
+        arr = group.create_array(  # writes the array's metadata only
             name,
-            shape=data.shape,
-            chunks=(1, *data.shape[1:]),  # one sample per chunk: a sample is one read
-            shards=data.shape,  # all chunks of the shard in one file
+            shape=encoded.shape,
+            chunks=(1, *encoded.shape[1:]),  # one sample per chunk: a sample is one read
+            shards=encoded.shape,  # all chunks of the shard in one file
             dtype="float32",
             compressors=BloscCodec(cname="zstd", clevel=ZSTD_LEVEL, shuffle="shuffle"),
             fill_value=SENTINEL,
-            # Comparing every chunk with the fill value first cost up to 3x the write itself.
-            config={"write_empty_chunks": True},
         )
-        arr[...] = data
+        _write_shard_file(arr, path / name, encoded)
+
+
+def _write_shard_file(array: zarr.Array, array_dir: Path, encoded: EncodedRows) -> None:
+    """Write the single shard file of `array` ourselves: the mirror of `_ZarrSampleReader`.
+
+    zarr-python encodes the chunks of a shard one by one through asyncio and a
+    thread pool; on EuroSAT that took about as long as reading and warping the
+    GeoTIFFs. The layout is the spec's: the blosc-compressed chunks back to back,
+    then one little-endian (offset, nbytes) uint64 pair per chunk and the CRC32C
+    of those pairs. A test reads what this writes back through zarr-python.
+    """
+    layout = _ShardLayout.of(array, array_dir)
+    if layout is None or layout.blosc != _ZARR_BLOSC:
+        raise RuntimeError(f"zarr laid out {array_dir} unlike SpaceNit's shard format; check the zarr version")
+    sizes = np.array([len(c) for c in encoded.chunks], dtype="<u8")
+    index = np.stack([np.cumsum(sizes) - sizes, sizes], axis=1).astype("<u8").tobytes()
+    layout.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(layout.path, "wb") as f:
+        for chunk in encoded.chunks:
+            f.write(chunk)
+        f.write(index)
+        f.write(google_crc32c.value(index).to_bytes(4, "little"))
 
 
 def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
@@ -111,33 +171,23 @@ def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
             )
 
 
-class _ZarrSampleReader:
-    """Reads one sample of a sharded Zarr v3 array straight from its shard file.
+@dataclass(frozen=True)
+class _ShardLayout:
+    """Where the one shard file of an array lies and how its chunks are compressed.
 
-    zarr-python reads one chunk of a shard through several asyncio and thread
-    hand-offs (shard index, chunk bytes, decoding): about 6x the CPU of HDF5 per
-    sample, which a DataLoader pays on every item. The Zarr v3 sharding spec makes
-    the direct read simple: the shard file ends with one (offset, nbytes) uint64
-    pair per chunk and a CRC32C of them. This reader loads that index once and
-    then reads and decodes a chunk with one `pread` and one blosc call. It is only
-    built for arrays exactly as `_write_zarr` writes them (`for_array` checks the
-    metadata); anything else is read by zarr.
+    Only for arrays exactly as `_write_zarr` lays them out: one shard holding
+    the whole array, one chunk per sample, bytes (little endian) then blosc,
+    the index at the end with a CRC32C. `of` checks the metadata and returns
+    None for anything else, which zarr-python then reads and writes itself.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], fill_value: float) -> None:
-        self._shape, self._fill_value = shape, fill_value
-        self._fd = os.open(path, os.O_RDONLY)
-        index_size = shape[0] * 16 + 4
-        tail = os.pread(self._fd, index_size, os.fstat(self._fd).st_size - index_size)
-        if len(tail) != index_size or google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
-            os.close(self._fd)
-            raise ValueError(f"the shard index of {path} is damaged (CRC32C mismatch)")
-        self._index = np.frombuffer(tail[:-4], dtype="<u8").reshape(shape[0], 2)
-        self._blosc = numcodecs.Blosc()
+    path: Path
+    shape: tuple[int, ...]
+    fill_value: float
+    blosc: dict
 
     @classmethod
-    def for_array(cls, array: zarr.Array, array_dir: Path) -> _ZarrSampleReader | None:
-        """A reader for `array` if it is laid out as `_write_zarr` writes it, else None."""
+    def of(cls, array: zarr.Array, array_dir: Path) -> _ShardLayout | None:
         meta = array.metadata.to_dict()
         (codec,) = meta["codecs"] if len(meta["codecs"]) == 1 else (None,)
         expected = {
@@ -154,7 +204,38 @@ class _ZarrSampleReader:
         ):  # fmt: skip
             return None
         key = array.metadata.chunk_key_encoding.encode_chunk_key((0,) * array.ndim)
-        return cls(array_dir / key, tuple(array.shape), float(meta["fill_value"]))
+        blosc = codec["configuration"]["codecs"][1]["configuration"]
+        return cls(array_dir / key, tuple(array.shape), float(meta["fill_value"]), dict(blosc))
+
+
+
+class _ZarrSampleReader:
+    """Reads one sample of a sharded Zarr v3 array straight from its shard file.
+
+    zarr-python reads one chunk of a shard through several asyncio and thread
+    hand-offs (shard index, chunk bytes, decoding): about 6x the CPU of HDF5 per
+    sample, which a DataLoader pays on every item. The Zarr v3 sharding spec makes
+    the direct read simple (`_ShardLayout`): this reader loads the shard index
+    once and then reads and decodes a chunk with one `pread` and one blosc call.
+    """
+
+    def __init__(self, layout: _ShardLayout) -> None:
+        path, shape = layout.path, layout.shape
+        self._shape, self._fill_value = shape, layout.fill_value
+        self._fd = os.open(path, os.O_RDONLY)
+        index_size = shape[0] * 16 + 4
+        tail = os.pread(self._fd, index_size, os.fstat(self._fd).st_size - index_size)
+        if len(tail) != index_size or google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
+            os.close(self._fd)
+            raise ValueError(f"the shard index of {path} is damaged (CRC32C mismatch)")
+        self._index = np.frombuffer(tail[:-4], dtype="<u8").reshape(shape[0], 2)
+        self._blosc = _blosc(layout.blosc)
+
+    @classmethod
+    def for_array(cls, array: zarr.Array, array_dir: Path) -> _ZarrSampleReader | None:
+        """A reader for `array` if it is laid out as `_write_zarr` writes it, else None."""
+        layout = _ShardLayout.of(array, array_dir)
+        return None if layout is None else cls(layout)
 
     def read(self, row: int) -> np.ndarray:
         offset, nbytes = (int(v) for v in self._index[row])
@@ -204,8 +285,16 @@ class Shard:
 
     def read(self, sensor: str, rows: int | slice | Sequence[int] = slice(None)) -> np.ndarray:
         """Rows of one sensor's array: one sample `(T, ...)`, or `(n, T, ...)` for a slice or list."""
-        if isinstance(rows, int) and self.storage == "zarr" and (reader := self._sample_reader(sensor)):
-            return reader.read(rows)
+        if self.storage == "zarr" and (reader := self._sample_reader(sensor)):
+            if isinstance(rows, int):
+                return reader.read(rows)
+            # Row by row into one array: several times faster than zarr's own read of the
+            # same rows, and it holds the GIL only briefly (pread and blosc release it).
+            rows = range(self.shape(sensor)[0])[rows] if isinstance(rows, slice) else rows
+            out = np.empty((len(rows), *self.shape(sensor)[1:]), dtype=np.float32)
+            for i, row in enumerate(rows):
+                out[i] = reader.read(row)
+            return out
         array = self._array(sensor)
         if isinstance(rows, int | slice):
             return np.asarray(array[rows])
