@@ -38,6 +38,18 @@ def test_registered_pyfunc_serves_embeddings(pretrained, synthetic_dataset: Path
     assert out.shape == (1, 128) and np.isfinite(out).all()
     assert np.corrcoef(out[0], emb.vectors[3])[0, 1] > 0.5
 
+    # Logged with an input example (the first sample, raw) and a signature declaring `output`.
+    info = mlflow.models.get_model_info("models:/spacenit-encoder@champion")
+    assert sorted(i["name"] for i in info.signature.inputs.to_dict()) == sorted(sample.data)
+    assert info.signature.params.to_dict()[0]["name"] == "output"
+    assert info.saved_input_example_info is not None
+    example = mlflow.models.Model.load(info.model_uri).load_input_example(
+        mlflow.artifacts.download_artifacts(info.model_uri)
+    )  # fmt: skip
+    np.testing.assert_array_equal(example["sentinel2_l2a"][0], DatasetReader(synthetic_dataset)[0].data["sentinel2_l2a"])
+    maps = served.predict({k: v[None] for k, v in sample.data.items()}, params={"output": "patch_maps"})
+    assert maps.shape == (1, 4, 4, 128)  # 32 px tiles, patch size 8
+
 
 def test_embed_refuses_a_dataset_without_the_model_sensors(pretrained, tmp_path: Path) -> None:
     from spacenit.conversion.convert import convert

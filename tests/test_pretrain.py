@@ -76,6 +76,8 @@ def test_pretrain_logs_and_registers(pretrained) -> None:
     assert {"config.json", "checkpoints", "pretrain_summary.json"} <= artifacts
     version = client.get_model_version_by_alias("spacenit-encoder", "champion")
     assert str(version.version) == result.model_version and version.run_id == result.run_id
+    # Registered after the last buffered metrics reached the store: the tag is the final loss.
+    assert version.tags["metric.train/loss"] == f"{history[-1].value:.6g}"
     assert result.model_uri == "models:/spacenit-encoder@champion"
 
 

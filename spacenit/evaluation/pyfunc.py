@@ -9,7 +9,8 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
     """Serve a registered SpaceNit encoder: a dict of sensor arrays (B, T, C, H, W) in raw units in,
     pooled embeddings (B, D) out; with params {"output": "patch_maps"}, maps (B, h, w, D).
 
-    MLflow passes `params` only when the logged signature declares them.
+    `pretrain` logs it with an input example and a signature declaring `output`,
+    so MLflow passes the parameter through (it drops parameters a signature lacks).
     """
 
     def load_context(self, context) -> None:

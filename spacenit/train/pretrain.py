@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -360,7 +361,9 @@ def _finish(model, result, config, stats, dataset, checksums, extra, register_as
     }
     try:
         if register_as:
-            model_uri, version = log_and_register_encoder(result.checkpoint_dir, register_as, alias)
+            example = serving_example(dataset.reader, dataset.sensor_names, config.train.patch_size)
+            model_uri, version = log_and_register_encoder(result.checkpoint_dir, register_as, alias,
+                                                          input_example=example)  # fmt: skip
         summary.update(model_uri=model_uri, model_version=version)
         mlflow.log_dict(summary, SUMMARY_JSON)
     except Exception as e:  # noqa: BLE001 - the checkpoint is on disk; registering can be redone from it
@@ -369,6 +372,19 @@ def _finish(model, result, config, stats, dataset, checksums, extra, register_as
     write_json_atomic(result.checkpoint_dir.parent / SUMMARY_JSON, summary)
     _end_run("FINISHED")
     return PretrainResult(result.checkpoint_dir, run_id, model_uri, version, result.final_loss, result.world_size)
+
+
+def serving_example(reader, sensors: list[str], patch_size: int, max_px: int = 32) -> dict[str, np.ndarray]:
+    """The first sample in raw units, (1, T, C, H, W) per sensor, cropped to at most `max_px`
+    (a multiple of the patch size): what a client of the served encoder sends."""
+    sample = reader[0]
+    size = patch_size * max(1, max_px // patch_size)
+    example = {}
+    for name in sensors:
+        data = sample.data[name]
+        data = data[..., :size, :size] if data.ndim == 4 else data  # (T, C, H, W) or non-spatial (T, C)
+        example[name] = np.ascontiguousarray(data[None])
+    return example
 
 
 def load_summary(output_dir: str | Path) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -237,13 +238,30 @@ def _version_tags(metadata: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def _signature(checkpoint_dir: Path, input_example: dict[str, np.ndarray]):
+    """The pyfunc signature: the example's arrays in, pooled embeddings out, the `output` parameter."""
+    from mlflow.models import infer_signature
+
+    from spacenit.evaluation.embed import embed_arrays
+    from spacenit.train.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint_dir)
+    output = embed_arrays(model, meta, input_example)
+    return infer_signature(input_example, output, params={"output": "pooled"})
+
+
 def log_and_register_encoder(
     checkpoint_dir: Path,
     model_name: str,
     alias: str | None,
     metrics: dict[str, float] | None = None,
+    input_example: dict[str, np.ndarray] | None = None,
 ) -> tuple[str, str]:
     """Log the checkpoint as a pyfunc model in the active run, register it, set `alias`.
+
+    With `input_example` (sensor -> raw (B, T, C, H, W) arrays), the model is logged
+    with it and with a signature inferred from the encoder's output on it, which
+    also declares the `output` parameter ("pooled" or "patch_maps") for serving.
 
     The model carries its metadata three ways, so a `models:/` URI alone is enough to
     use it: the checkpoint's spacenit.json (config, sensors, stats), files beside it in
@@ -257,6 +275,7 @@ def log_and_register_encoder(
         run = mlflow.active_run()
         metrics = MlflowClient().get_run(run.info.run_id).data.metrics if run else {}
     metadata = encoder_metadata(checkpoint_dir, metrics)
+    signature = None if input_example is None else _signature(checkpoint_dir, input_example)
     with tempfile.TemporaryDirectory() as tmp:
         meta_dir = Path(tmp) / "metadata"
         meta_dir.mkdir()
@@ -271,6 +290,8 @@ def log_and_register_encoder(
             python_model=str(Path(__file__).parents[1] / "evaluation" / "pyfunc_model.py"),
             artifacts={"checkpoint": str(checkpoint_dir), "metadata": str(meta_dir)},
             registered_model_name=model_name,
+            signature=signature,
+            input_example=input_example,
             metadata={
                 k: metadata[k]
                 for k in ("spacenit_version", "model", "patch_size", "sensors", "trained_steps")
