@@ -339,3 +339,20 @@ def test_loss_goes_down_on_eurosat(shared_data: Path, tmp_path: Path) -> None:
     for key in ("train/loss", "train/latent_loss", "train/reconstruction_loss"):
         first, last = logged[0][key], logged[-1][key]
         assert last < 0.9 * first, f"{key} did not go down: {[round(m[key], 4) for m in logged]}"
+
+
+def test_compiled_blocks_train_like_eager_ones(synthetic_dataset: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = {}
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    for compiled in (False, True):
+        cfg = tiny("train.steps=3", f"train.compile={str(compiled).lower()}")
+        result = pretrain(synthetic_dataset, synthetic_dataset / "stats.json", tmp_path / str(compiled), cfg,
+                          tracking_uri=uri, register_as=None, cpu=True)  # fmt: skip
+        runs[compiled] = weights(result.checkpoint_dir)
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled  # inductor really compiled the blocks
+    assert runs[True].keys() == runs[False].keys()
+    for name, eager in runs[False].items():
+        torch.testing.assert_close(runs[True][name], eager, rtol=1e-4, atol=1e-4, msg=name)
