@@ -93,7 +93,8 @@ def test_info_nce_uniformity_and_reconstruction() -> None:
 def test_objectives_train_every_parameter_they_own(name: str, variant: str) -> None:
     extra = {"masked_negatives": {"latent_loss": "patch_discrimination", "same_target_threshold": 0.999},
              "pixio": {"num_cls_tokens": 2, "reconstruction_loss": "l1"}, "default": {}}[variant]  # fmt: skip
-    module = ObjectiveConfig(name=name, **extra).build(tiny(), MaskingConfig(strategy="block").build(), total_steps=10)
+    model = tiny(num_registers=3) if variant == "pixio" else tiny()
+    module = ObjectiveConfig(name=name, **extra).build(model, MaskingConfig(strategy="block").build(), total_steps=10)
     out = module(batch(), 4, torch.Generator().manual_seed(0), 0)
     assert torch.isfinite(out["loss"]) and out["predicted_tokens"] > 0
     out["loss"].backward()
@@ -103,6 +104,26 @@ def test_objectives_train_every_parameter_they_own(name: str, variant: str) -> N
         assert {"latent_loss", "contrastive_loss"} <= set(out) and not any(p.requires_grad for p in module.target_encoder.parameters())
     if name != "latent_prediction":
         assert "reconstruction_loss" in out
+
+
+def test_pixio_class_tokens_are_the_encoders_registers_and_reach_the_decoder() -> None:
+    with pytest.raises(ConfigError, match="model.num_registers"):
+        ObjectiveConfig(name="autoencoder", num_cls_tokens=2).build(tiny(), None, total_steps=10)
+    module = ObjectiveConfig(name="autoencoder", num_cls_tokens=2).build(tiny(num_registers=3), None, total_steps=10)
+    tok = module.model.encoder.tokenizer(batch()["images"], batch()["months"], 4)
+    encoded, _, _, registers = module.model.encoder.encode_with_registers(tok)
+    assert registers.shape == (encoded.shape[0], 3, encoded.shape[-1])
+    visible = ~tok.absent
+    predict = torch.zeros_like(visible)
+    predict[:, 0], visible[:, 0] = True, False
+    decoder = module.pixel.decoder
+    base = decoder(encoded, visible, predict, tok.layout, registers)
+    moved = registers.clone()
+    moved[:, 1] += 1.0  # the second class token: read by the decoder
+    assert not torch.allclose(decoder(encoded, visible, predict, tok.layout, moved), base)
+    moved = registers.clone()
+    moved[:, 2] += 1.0  # the third register is not a class token: the decoder never sees it
+    torch.testing.assert_close(decoder(encoded, visible, predict, tok.layout, moved), base)
 
 
 def test_masks_follow_the_generator() -> None:

@@ -61,6 +61,13 @@ class Encoder(nn.Module):
 
         -> encoded (B, N', D), keep (B, N'), and the layout of N' (merged when merging).
         """
+        encoded, keep, layout, _ = self.encode_with_registers(tok, visible)
+        return encoded, keep, layout
+
+    def encode_with_registers(
+        self, tok: Tokens, visible: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, TokenLayout, torch.Tensor]:
+        """`encode`, plus the register tokens' outputs (B, R, D): Pixio's class tokens."""
         keep = ~tok.absent if visible is None else visible & ~tok.absent  # (B, N)
         x, layout = tok.tokens, tok.layout
         merge_after = self.config.merge_after_layer if self.merges is not None and self.merge_enabled else None
@@ -78,7 +85,8 @@ class Encoder(nn.Module):
             h = self.transformer(h, rope, mask, start=merge_after + 1)
         else:
             h = self.transformer(h, rope, mask)
-        return unpack(self.norm(h[:, R:]), real, index, layout.num_tokens), keep, layout
+        h = self.norm(h)
+        return unpack(h[:, R:], real, index, layout.num_tokens), keep, layout, h[:, :R]
 
     def _pack(self, x: torch.Tensor, keep: torch.Tensor, layout: TokenLayout, registers: torch.Tensor):
         """Kept tokens to the front, registers before them; their RoPE angles and key mask."""

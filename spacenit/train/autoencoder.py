@@ -8,17 +8,14 @@ to predict, and `PixelHead` turns its outputs into the pixels of every
 smooth L1) counts predicted patches only and real pixels only, against
 targets standardized per patch (MAE's norm_pix_loss) by default.
 
-Pixio's class tokens: with `num_cls_tokens` K > 0, K learned queries attend
-over the encoder's visible outputs, and the K global tokens they make enter
-the decoder beside the patches (without a position), so reconstruction
-gradients shape a global summary of the encoder output. (Pixio's class
-tokens live inside the encoder; ours are read from its output because the
-encoder does not return its register tokens.)
+Pixio's class tokens: with `objective.num_cls_tokens` K > 0, the first K of
+the encoder's register tokens (`model.num_registers` >= K) are the class
+tokens: the encoder processes them with the visible patches, and their
+outputs enter the decoder beside the patches (without a position), so
+reconstruction gradients shape a global summary inside the encoder.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -36,21 +33,6 @@ from spacenit.train import losses
 from spacenit.train.module import ObjectiveConfig, TrainModule
 
 
-class ClassTokens(nn.Module):
-    """K learned queries attending over encoded tokens: (B, N, D), keep (B, N) -> (B, K, D)."""
-
-    def __init__(self, dim: int, num_tokens: int) -> None:
-        super().__init__()
-        self.queries = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
-        self.kv = nn.Linear(dim, 2 * dim)
-
-    def forward(self, encoded: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        k, v = self.kv(encoded).chunk(2, dim=-1)  # (B, N, D) each
-        scores = torch.einsum("kd,bnd->bkn", self.queries, k) / math.sqrt(k.shape[-1])  # (B, K, N)
-        scores = scores.masked_fill(~keep[:, None, :], torch.finfo(scores.dtype).min)
-        return torch.einsum("bkn,bnd->bkd", scores.softmax(-1), v)  # (B, K, D)
-
-
 class PixelDecoder(nn.Module):
     """Encoder outputs at visible positions + mask tokens elsewhere (+ class tokens) -> decoder features."""
 
@@ -61,21 +43,23 @@ class PixelDecoder(nn.Module):
         self.input_proj = nn.Linear(c.dim, c.decoder_dim)
         self.mask_token = nn.Parameter(torch.randn(c.decoder_dim) * 0.02)
         self.group_embed = nn.Parameter(torch.randn(num_groups, c.decoder_dim) * 0.02)
-        self.cls = ClassTokens(c.dim, num_cls_tokens) if num_cls_tokens else None
+        self.num_cls_tokens = num_cls_tokens
         self.rope = SpatioTemporalRoPE(c.decoder_dim // c.decoder_heads)
         self.transformer = TransformerStack(c.decoder_dim, c.decoder_depth, c.decoder_heads, None, c.mlp_ratio, c.dropout, c.qk_norm)
         self.norm = RMSNorm(c.decoder_dim)
 
-    def forward(self, encoded: torch.Tensor, visible: torch.Tensor, predict: torch.Tensor, layout) -> torch.Tensor:
-        """encoded (B, N, De); visible / predict (B, N) -> features (B, N, Dd), meaningful where `predict`."""
+    def forward(self, encoded: torch.Tensor, visible: torch.Tensor, predict: torch.Tensor, layout,
+                registers: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """encoded (B, N, De); visible / predict (B, N); the encoder's registers (B, R, De)
+        -> features (B, N, Dd), meaningful where `predict`."""
         x = self.input_proj(encoded)  # (B, N, Dd)
         queries = self.mask_token + self.group_embed[layout.group_index(x.device)]  # (N, Dd)
         x = torch.where(visible.unsqueeze(-1), x, queries)
         packed, real, index = pack(x, visible | predict)  # (B, L, Dd)
         positions = layout.positions(x.device)[index]  # (B, L, 3)
-        if self.cls is not None:
-            cls = self.input_proj(self.cls(encoded, visible))  # (B, K, Dd)
-            K = cls.shape[1]
+        if self.num_cls_tokens:
+            K = self.num_cls_tokens
+            cls = self.input_proj(registers[:, :K])  # (B, K, Dd)
             packed = torch.cat((cls, packed), dim=1)  # (B, K+L, Dd)
             positions = torch.cat((positions.new_zeros(x.shape[0], K, 3), positions), dim=1)  # no rotation
             real_all = torch.cat((real.new_ones(x.shape[0], K), real), dim=1)
@@ -118,15 +102,19 @@ class PixelBranch(nn.Module):
             raise ConfigError("pixel reconstruction needs one token per bandset: set model.merge_bandsets=false")
         if config.reconstruction_loss not in ("mse", "l1", "smooth_l1"):
             raise ConfigError(f"objective.reconstruction_loss must be mse, l1 or smooth_l1, got {config.reconstruction_loss!r}")
+        if config.num_cls_tokens > model.config.num_registers:
+            raise ConfigError(f"objective.num_cls_tokens={config.num_cls_tokens} reads the encoder's register tokens: "
+                              f"set model.num_registers to at least {config.num_cls_tokens}")  # fmt: skip
         self.config = config
         self.decoder = PixelDecoder(model, config.num_cls_tokens)
         channels = {(s, g.name): len(g.bands) for s, gs in model.encoder.tokenizer.groups.items() for g in gs}
         nonspatial = frozenset(s.name for s in model.sensors if not s.spatial)
         self.head = PixelHead(model.config.decoder_dim, channels, model.config.base_patch_size, nonspatial)
 
-    def forward(self, model: SpaceNitModel, images, tok, encoded, visible, predict, patch_size: int) -> torch.Tensor:
+    def forward(self, model: SpaceNitModel, images, tok, encoded, visible, predict, patch_size: int,
+                registers: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """The reconstruction loss of the predicted patches (mean over patches of all groups)."""
-        features = self.decoder(encoded, visible, predict, tok.layout)  # (B, N, Dd)
+        features = self.decoder(encoded, visible, predict, tok.layout, registers)  # (B, N, Dd)
         with torch.autocast(features.device.type, enabled=False):  # pixels in float32 (bf16 resize has no CPU kernel)
             predicted = self.head(features.float(), tok.layout)  # {(sensor, group): (B, T, C, H, W)}
         targets = target_pixels(model, images)
@@ -158,8 +146,8 @@ class AutoEncoder(TrainModule):
     def forward(self, batch: dict, patch_size: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size)
         visible, predict = self.mask(tok, generator, step)
-        encoded, _, _ = self.model.encoder.encode(tok, visible)
-        recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size)
+        encoded, _, _, registers = self.model.encoder.encode_with_registers(tok, visible)
+        recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size, registers)
         return {
             "loss": self.config.reconstruction_weight * recon,
             "reconstruction_loss": recon,

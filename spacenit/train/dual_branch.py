@@ -27,9 +27,9 @@ class DualBranch(LatentPrediction):
     def forward(self, batch: dict, patch_size: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size)
         visible, predict = self.mask(tok, generator, step)
-        encoded, _, encoded_layout = self.model.encoder.encode(tok, visible)
+        encoded, _, encoded_layout, registers = self.model.encoder.encode_with_registers(tok, visible)
         out = self.latent_terms(batch, tok, encoded, encoded_layout, visible, predict, patch_size)
-        recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size)
+        recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size, registers)
         out["reconstruction_loss"] = recon
         out["loss"] = out.pop("weighted_loss") + self.config.reconstruction_weight * recon
         return out

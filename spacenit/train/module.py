@@ -59,7 +59,8 @@ class ObjectiveConfig(Config):
     reconstruction_weight: float = 1.0
     #: Standardize each target patch by its own mean and std (MAE / Pixio).
     normalize_target_patches: bool = True
-    #: Pixio: learned class tokens the encoder processes with the patches and passes to the decoder.
+    #: Pixio: how many of the encoder's register tokens (model.num_registers) are class tokens,
+    #: processed with the patches and passed to the pixel decoder.
     num_cls_tokens: int = 0
 
     def build(self, model, masking: MaskingStrategy, *, total_steps: int) -> TrainModule:
