@@ -202,8 +202,12 @@ class Checkpointer(Callback):
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         if is_sharded(acc):
+            acc.wait_for_everyone()  # the main process has made a fresh `tmp`
+            # Every rank writes its shard there: the folder must exist before the first of them does.
+            (tmp / "accelerate").mkdir(parents=True, exist_ok=True)
             acc.wait_for_everyone()
             acc.save_state(str(tmp / "accelerate"))
+            acc.wait_for_everyone()  # every rank's files are in `tmp` before the main process renames it
         if acc.is_main_process:
             if not is_sharded(acc):
                 state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}

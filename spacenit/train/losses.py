@@ -74,7 +74,10 @@ def patch_discrimination(pred: torch.Tensor, target: torch.Tensor, mask: torch.T
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE between L2-normalized rows of a and b (B, D); row i of a pairs with row i of b."""
+    """Symmetric InfoNCE between L2-normalized rows of a and b (B, D); row i of a pairs with row i of b.
+
+    `logit_scale` is the log inverse temperature, a scalar or shape (1,)."""
+    logit_scale = logit_scale.reshape(())
     if a.shape[0] < 2:
         return _empty(a) + logit_scale * 0.0
     a, b = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)

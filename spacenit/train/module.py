@@ -24,6 +24,15 @@ from spacenit.config import Config, ConfigError
 from spacenit.data.masking import PREDICTED, VISIBLE, MaskingStrategy, RandomMasking, TokenInfo
 
 
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole value of `t`: under FSDP2, parameters outside forward and the gradient norm
+    are DTensors (a rank may hold an empty shard of a 1-element one). Collective: every
+    rank must call it."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
 @dataclass
 class ObjectiveConfig(Config):
     """Which objective, and the weights and settings of its losses."""

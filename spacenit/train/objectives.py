@@ -39,7 +39,7 @@ from spacenit.arch.pooling import mean_pool
 from spacenit.arch.upsampler import upsample_mask
 from spacenit.data.masking import MaskingStrategy, assign_by_rank
 from spacenit.train import losses
-from spacenit.train.module import ObjectiveConfig, TrainModule
+from spacenit.train.module import ObjectiveConfig, TrainModule, full_tensor
 from spacenit.train.schedules import linear_warmup
 
 
@@ -71,7 +71,8 @@ class LatentPrediction(TrainModule):
         if config.contrastive_weight > 0 or config.uniformity_weight > 0:
             self.projection = ProjectionHead(dim, dim, config.projection_dim, normalize=True)
             # CLIP-style log inverse temperature; exp() of it multiplies the cosine similarities.
-            scale = torch.tensor(math.log(1.0 / config.contrastive_temperature))
+            # Shape (1,), not a scalar: FSDP2 cannot shard 0-d parameters.
+            scale = torch.tensor([math.log(1.0 / config.contrastive_temperature)])
             self.logit_scale = nn.Parameter(scale, requires_grad=config.learn_temperature)
         sensor_names = [s.name for s in model.sensors]
         masked = config.mask_negatives_for_sensors
@@ -147,5 +148,5 @@ class LatentPrediction(TrainModule):
     def scalars(self) -> dict[str, float]:
         out = {"ema_momentum": self.momentum()}
         if self.projection is not None and self.config.contrastive_weight > 0:
-            out["temperature"] = float(1.0 / self.logit_scale.detach().clamp(max=math.log(100.0)).exp())
+            out["temperature"] = float(1.0 / full_tensor(self.logit_scale.detach()).clamp(max=math.log(100.0)).exp())
         return out

@@ -268,16 +268,26 @@ def _check(tc: TrainConfig) -> None:
 
 
 def _accelerator(tc: TrainConfig, cpu: bool) -> Accelerator:
-    kwargs = {}
-    if tc.distributed == "fsdp":
-        from accelerate import FullyShardedDataParallelPlugin
+    if tc.distributed == "ddp":
+        return Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=tc.mixed_precision)
+    from accelerate import FullyShardedDataParallelPlugin, PartialState
+    from accelerate.utils import DistributedType
 
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True)
-    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=tc.mixed_precision, **kwargs)
-    if tc.distributed == "fsdp" and not is_sharded(accelerator):
-        # accelerate silently falls back to plain data parallelism where FSDP is unavailable (CPU).
-        raise ConfigError(f"train.distributed=fsdp, but accelerate runs {accelerator.distributed_type.value}: "
-                          "FSDP needs CUDA devices; use train.distributed=ddp here")  # fmt: skip
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True)
+    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=tc.mixed_precision,
+                              fsdp_plugin=plugin)  # fmt: skip
+    if accelerator.distributed_type == DistributedType.MULTI_CPU:
+        # accelerate turns FSDP on for accelerator devices only and runs DDP on CPU, though
+        # FSDP2 shards over gloo as well. Switching its shared state to FSDP runs the GPU code
+        # path on CPU processes, where tests and CI can check it. Both states: every new
+        # AcceleratorState() copies PartialState's over its own.
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    if not is_sharded(accelerator):
+        raise ConfigError(f"train.distributed=fsdp, but accelerate runs {accelerator.distributed_type.value}: FSDP "
+                          "shards over several processes; launch them with accelerate launch or torchrun, "
+                          "or use train.distributed=ddp")  # fmt: skip
     return accelerator
 
 

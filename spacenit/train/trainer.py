@@ -38,6 +38,8 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device
 from torch import nn
 
+from spacenit.train.module import full_tensor
+
 log = logging.getLogger(__name__)
 
 
@@ -159,7 +161,7 @@ class Trainer:
                 # Losses average over micro-batches; counters (tokens) add up.
                 v = v.detach().float() if k in COUNTERS else v.detach().float() / self.accum_steps
                 step_sums[k] = step_sums.get(k, 0.0) + v
-        grad_norm = acc.clip_grad_norm_(self._params, self.max_grad_norm or float("inf"))
+        grad_norm = full_tensor(acc.clip_grad_norm_(self._params, self.max_grad_norm or float("inf")))
         finite = bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
