@@ -82,3 +82,26 @@ def test_band_binding_by_name() -> None:
         bind_sensors([SENTINEL2_L1C], {"sentinel2_l2a": SENTINEL2_L2A.bands}, sensor_map={"sentinel2_l1c": "sentinel2_l2a"})
     with pytest.raises(InputBindingError, match="does not have"):
         bind_sensors([SENTINEL2_L1C], {"sentinel2_l2a": SENTINEL2_L2A.bands})
+
+
+def test_the_grids_pixel_size_reaches_the_encoder(pretrained, synthetic_dataset: Path, tmp_path: Path) -> None:
+    """Positions scale with the dataset's gsd_m: the same pixels said to be 30 m embed like a direct 30 m call."""
+    import json
+    import shutil
+
+    result, _ = pretrained
+    model, meta = load_checkpoint(result.checkpoint_dir)
+    assert meta.extra["gsd_m"] == 10.0  # recorded from the training data, used by the pyfunc
+    coarse = tmp_path / "coarse"
+    shutil.copytree(synthetic_dataset, coarse)
+    info = json.loads((coarse / "dataset.json").read_text())
+    info["gsd_m"] = 30.0
+    (coarse / "dataset.json").write_text(json.dumps(info))
+
+    at_10 = load_embeddings(embed(result.checkpoint_dir, synthetic_dataset, tmp_path / "a.zarr", progress=False, num_workers=0))
+    at_30 = load_embeddings(embed(result.checkpoint_dir, coarse, tmp_path / "b.zarr", progress=False, num_workers=0))
+    assert not np.allclose(at_10.vectors, at_30.vectors, atol=1e-4)
+    batch = collate([GeoTileDataset(synthetic_dataset, meta.stats)[i] for i in range(2)])
+    with torch.no_grad():
+        direct = model.embed(batch["images"], batch["months"], meta.patch_size, gsd_m=30.0).numpy()
+    np.testing.assert_allclose(at_30.vectors[:2], direct, rtol=1e-4, atol=1e-5)

@@ -51,8 +51,8 @@ def test_windows_cover_the_grid_and_weights_never_vanish() -> None:
     assert w.min() > 0 and w.max() == 1.0 and np.allclose(w, w[::-1])
 
 
-def dense_reference(model, meta, scene: np.ndarray, window_cells: int, stride_cells: int) -> np.ndarray:
-    """Every window encoded on its own, weighted sums accumulated over the whole grid at once."""
+def dense_reference(model, meta, scene: np.ndarray, window_cells: int, stride_cells: int, gsd_m: float) -> np.ndarray:
+    """Every window encoded on its own (positions at the scene's `gsd_m`), weighted sums accumulated over the whole grid."""
     C, H, W = scene.shape
     h, w = math.ceil(H / PATCH), math.ceil(W / PATCH)
     padded = np.full((C, h * PATCH, w * PATCH), SENTINEL, np.float32)
@@ -68,7 +68,8 @@ def dense_reference(model, meta, scene: np.ndarray, window_cells: int, stride_ce
             x = np.full((1, 1, LANDSAT.num_bands, *win.shape[1:]), SENTINEL, np.float32)
             for i, band in enumerate(SCENE_BANDS):
                 x[0, 0, LANDSAT.bands.index(band)] = np.where(win[i] == SENTINEL, SENTINEL, (win[i] - mean[i]) / std[i])
-            _, maps, valid = embed_with_maps(model, {"landsat": torch.from_numpy(x)}, {"landsat": torch.zeros(1, 1, dtype=torch.long)}, PATCH)
+            _, maps, valid = embed_with_maps(model, {"landsat": torch.from_numpy(x)}, {"landsat": torch.zeros(1, 1, dtype=torch.long)},
+                                             PATCH, gsd_m)  # fmt: skip
             wv = tent * valid[0].numpy()
             acc[:, r0 : r0 + wh, c0 : c0 + ww] += np.moveaxis(maps[0].numpy(), -1, 0) * wv
             wsum[r0 : r0 + wh, c0 : c0 + ww] += wv
@@ -83,7 +84,7 @@ def test_blending_equals_a_dense_reference_and_no_data_stays_nan(tmp_path: Path)
     ckpt = landsat_checkpoint(tmp_path / "ckpt", scene)
     out = embed_scene(ckpt, path, tmp_path / "emb.tif", window_px=32, overlap_px=16, batch_size=3, progress=False)
     model, meta = load_checkpoint(ckpt)
-    expected = dense_reference(model, meta, scene, window_cells=4, stride_cells=2)
+    expected = dense_reference(model, meta, scene, window_cells=4, stride_cells=2, gsd_m=30.0)  # the file's pixel size
     with rasterio.open(out.outputs[0]) as src:
         got = src.read()
     assert got.shape == expected.shape == (32, 9, 12)

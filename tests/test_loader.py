@@ -77,6 +77,7 @@ def test_batches_are_cropped_standardized_and_identical_with_workers(dataset) ->
     geometry = pretrain_geometry(dataset)
     for a, b in zip(inline, pooled, strict=True):
         assert (a["step"], a["micro_index"], a["patch_size"]) == (b["step"], b["micro_index"], b["patch_size"])
+        assert a["gsd_m"] == 10.0  # the grid's pixel size, which the tokenizer scales positions by
         for sensor, x in a["images"].items():
             torch.testing.assert_close(x, b["images"][sensor], rtol=0, atol=0)
             B, T, C, H, W = x.shape

@@ -175,7 +175,7 @@ class PretrainBatches(Dataset):
     one micro-batch (in a DataLoader worker).
 
     Returns {"images": {sensor: (B, T, C, h*p, w*p)}, "months": {sensor: (B, T)},
-    "index": (B,), "patch_size": p, "step": s, "micro_index": j}.
+    "index": (B,), "patch_size": p, "gsd_m": the grid's pixel size, "step": s, "micro_index": j}.
     """
 
     def __init__(self, dataset: GeoTileDataset, augment: AugmentConfig) -> None:
@@ -202,6 +202,7 @@ class PretrainBatches(Dataset):
             "months": batch["months"],
             "index": batch["index"],
             "patch_size": plan.patch_size,
+            "gsd_m": self.dataset.reader.info.gsd_m,
             "step": plan.step,
             "micro_index": plan.micro_index,
         }

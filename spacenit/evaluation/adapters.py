@@ -141,7 +141,8 @@ class SpaceNitAdapter:
         dataset = self.inputs_dataset(task)
         _check_order(dataset.reader, task)
         loader = make_loader(dataset, self.batch_size, self.num_workers)
-        pooled, maps, valid = extract(self.model, self.meta.patch_size, loader, patch_maps=patch_tokens)
+        pooled, maps, valid = extract(self.model, self.meta.patch_size, loader, patch_maps=patch_tokens,
+                                      gsd_m=dataset.reader.info.gsd_m)  # fmt: skip
         if not patch_tokens:
             return Features(pooled)
         tokens = np.where(valid[..., None], maps, np.nan).reshape(len(maps), -1, maps.shape[-1])

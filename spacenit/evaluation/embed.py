@@ -136,8 +136,12 @@ def extract(
     *,
     patch_maps: bool = False,
     progress: bool = False,
+    gsd_m: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Run the encoder over `loader`: pooled (N, D), and maps (N, h, w, D) + validity (N, h, w) if asked."""
+    """Run the encoder over `loader`: pooled (N, D), and maps (N, h, w, D) + validity (N, h, w) if asked.
+
+    `gsd_m` is the pixel size of the dataset's grid, which scales the encoder's positions.
+    """
     device = next(net.parameters()).device
     net.eval()
     pooled, maps, valid = [], [], []
@@ -146,11 +150,11 @@ def extract(
         months = {k: v.to(device, non_blocking=True) for k, v in batch["months"].items()}
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if patch_maps:
-                p, m, v = embed_with_maps(net, images, months, patch_size)
+                p, m, v = embed_with_maps(net, images, months, patch_size, gsd_m)
                 maps.append(m.float().cpu().numpy())
                 valid.append(v.cpu().numpy())
             else:
-                p = net.embed(images, months, patch_size)
+                p = net.embed(images, months, patch_size, gsd_m=gsd_m)
         pooled.append(p.float().cpu().numpy())
     if not pooled:
         raise EmbedError("the dataset has no samples to embed")
@@ -181,7 +185,8 @@ def embed(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
     loader = make_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
-    vectors, maps, valid = extract(net, meta.patch_size, loader, patch_maps=patch_maps, progress=progress)
+    vectors, maps, valid = extract(net, meta.patch_size, loader, patch_maps=patch_maps, progress=progress,
+                                   gsd_m=dataset.reader.info.gsd_m)  # fmt: skip
     records = dataset.reader.records
     result = Embeddings(
         vectors=vectors,
@@ -227,7 +232,9 @@ def embed_arrays(model: SpaceNitModel, meta: CheckpointMeta, arrays: dict[str, n
     """Raw sensor arrays (B, T, C, H, W) -> pooled embeddings (B, D); for the pyfunc flavour.
 
     With `patch_maps`, returns per-patch maps (B, h, w, D) instead (NaN where a cell has no data).
+    The arrays are taken to be on a grid of the training data's pixel size.
     """
+    gsd_m = (meta.extra or {}).get("gsd_m")  # checkpoints from before it was recorded: the reference GSD
     missing = [s.name for s in meta.sensors if s.name not in arrays]
     if missing:
         raise EmbedError(f"input lacks sensor(s) {missing}; the model expects {[s.name for s in meta.sensors]}")
@@ -236,6 +243,6 @@ def embed_arrays(model: SpaceNitModel, meta: CheckpointMeta, arrays: dict[str, n
     images = inputs.batch({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
     months = {k: torch.zeros(v.shape[:2], dtype=torch.long) for k, v in images.items()}
     if not patch_maps:
-        return model.embed(images, months, meta.patch_size).numpy()
-    _, maps, valid = embed_with_maps(model, images, months, meta.patch_size)
+        return model.embed(images, months, meta.patch_size, gsd_m=gsd_m).numpy()
+    _, maps, valid = embed_with_maps(model, images, months, meta.patch_size, gsd_m)
     return torch.where(valid.unsqueeze(-1), maps, torch.nan).numpy()

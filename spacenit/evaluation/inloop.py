@@ -82,6 +82,7 @@ class KnnProbeCallback:
         data = ModelInputDataset(self.dataset_dir, self._inputs(model))
         items = [data[i] for i in range(len(data))]
         self._batches = [collate_inputs(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)]
+        self._gsd_m = data.reader.info.gsd_m
         self._targets = task.targets
         (self._fold,) = holdout_folds(task.targets, task.splits, test_fraction=self.test_fraction, seed=self.seed)
 
@@ -128,7 +129,8 @@ class KnnProbeCallback:
         device = next(model.parameters()).device
         try:
             pooled = [
-                model.embed({k: v.to(device) for k, v in b["images"].items()}, {k: v.to(device) for k, v in b["months"].items()}, self.patch_size)
+                model.embed({k: v.to(device) for k, v in b["images"].items()}, {k: v.to(device) for k, v in b["months"].items()},
+                            self.patch_size, gsd_m=self._gsd_m)
                 .float().cpu().numpy()
                 for b in self._batches
             ]  # fmt: skip

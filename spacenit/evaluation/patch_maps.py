@@ -77,12 +77,16 @@ def average_per_cell(encoded: torch.Tensor, keep: torch.Tensor, cells: torch.Ten
 
 
 @torch.no_grad()
-def embed_with_maps(model: SpaceNitModel, images, months, patch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def embed_with_maps(
+    model: SpaceNitModel, images, months, patch_size: int, gsd_m: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pooled (B, D), per-cell map (B, h, w, D) and cell validity (B, h, w) from one encoder pass.
+
+    `gsd_m`: the pixel size of the input grid (default: the model's reference GSD).
 
     Pooled is the mean over every present token, as `SpaceNitModel.embed`.
     """
-    encoded, keep, tokens = model.encoder(images, months, patch_size)
+    encoded, keep, tokens = model.encoder(images, months, patch_size, gsd_m=gsd_m)
     layout = output_layout(model, tokens.layout, encoded.shape[1], patch_size)
     cells, (h, w) = cell_index(layout, encoded.device)
     encoded = encoded.float()

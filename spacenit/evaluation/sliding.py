@@ -94,9 +94,10 @@ def _choose_sensor(meta: CheckpointMeta, names: list[str], sensor: str | None) -
 class SceneEncoder:
     """Windows of one scene -> blended per-cell embeddings, row band by row band."""
 
-    def __init__(self, net: SpaceNitModel, meta: CheckpointMeta, inputs: ModelInputs, *, patch_size: int, month: int = 0) -> None:
+    def __init__(self, net: SpaceNitModel, meta: CheckpointMeta, inputs: ModelInputs, *, patch_size: int, month: int = 0,
+                 gsd_m: float | None = None) -> None:  # fmt: skip
         self.net, self.meta, self.inputs = net, meta, inputs
-        self.patch_size, self.month = patch_size, month
+        self.patch_size, self.month, self.gsd_m = patch_size, month, gsd_m
 
     def encode(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw windows (B, C_scene, H, W), sentinel = no data -> maps (B, h, w, D), valid (B, h, w)."""
@@ -110,7 +111,7 @@ class SceneEncoder:
         images = {k: v.to(device) for k, v in images.items()}
         months = {k: torch.full((B, 1), self.month, dtype=torch.long, device=device) for k in images}
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            _, maps, valid = embed_with_maps(self.net, images, months, self.patch_size)
+            _, maps, valid = embed_with_maps(self.net, images, months, self.patch_size, self.gsd_m)
         if tuple(maps.shape[1:3]) != (H // self.patch_size, W // self.patch_size):
             raise EmbedError(f"the model returns {tuple(maps.shape[1:3])} cells for a {H}x{W} px window at patch size "
                              f"{self.patch_size} (an output patch size of its own): scenes need one cell per patch")  # fmt: skip
@@ -167,7 +168,10 @@ def embed_scene(
             binding = bind_sensors([spec], {"scene": names}, sensor_map={target: "scene"}, allow_missing_bands=True)
         except InputBindingError as e:
             raise EmbedError(f"{scene}: {e}") from None
-        encoder = SceneEncoder(net, meta, ModelInputs(binding, {target: meta.stats[target]}), patch_size=p, month=month)
+        # Positions scale with the scene's own pixel size (metres in a projected CRS).
+        gsd_m = None if src.crs.is_geographic else float(abs(src.res[0]))
+        encoder = SceneEncoder(net, meta, ModelInputs(binding, {target: meta.stats[target]}), patch_size=p, month=month,
+                               gsd_m=gsd_m)  # fmt: skip
         h_cells, w_cells = math.ceil(src.height / p), math.ceil(src.width / p)
         win_h, win_w = min(window_px // p, h_cells), min(window_px // p, w_cells)
         stride = (window_px - overlap_px) // p

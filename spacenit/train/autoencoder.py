@@ -144,7 +144,7 @@ class AutoEncoder(TrainModule):
         model.predictor.requires_grad_(False)
 
     def forward(self, batch: dict, patch_size: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
-        tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size)
+        tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size, batch.get("gsd_m"))
         visible, predict = self.mask(tok, generator, step)
         encoded, _, _, registers = self.model.encoder.encode_with_registers(tok, visible)
         recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size, registers)

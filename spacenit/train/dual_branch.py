@@ -25,7 +25,7 @@ class DualBranch(LatentPrediction):
         self.pixel = PixelBranch(model, config)
 
     def forward(self, batch: dict, patch_size: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
-        tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size)
+        tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size, batch.get("gsd_m"))
         visible, predict = self.mask(tok, generator, step)
         encoded, _, encoded_layout, registers = self.model.encoder.encode_with_registers(tok, visible)
         out = self.latent_terms(batch, tok, encoded, encoded_layout, visible, predict, patch_size)

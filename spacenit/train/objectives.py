@@ -83,7 +83,7 @@ class LatentPrediction(TrainModule):
 
     def forward(self, batch: dict, patch_size: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         images, months = batch["images"], batch["months"]
-        tok = self.model.encoder.tokenizer(images, months, patch_size)
+        tok = self.model.encoder.tokenizer(images, months, patch_size, batch.get("gsd_m"))
         visible, predict = self.mask(tok, generator, step)
         encoded, _, encoded_layout = self.model.encoder.encode(tok, visible)
         out = self.latent_terms(batch, tok, encoded, encoded_layout, visible, predict, patch_size)

@@ -241,7 +241,8 @@ def pretrain(
         trained = _export_model(accelerator, module, config, sensors)
         result = PretrainResult(output_dir / "checkpoint", None, None, None, float(metrics.get("loss", float("nan"))), world)
         if accelerator.is_main_process:
-            extra = {"trained_steps": tc.steps, "dataset": str(dataset.reader.root), "resumed_from": str(resume_from or ""),
+            extra = {"trained_steps": tc.steps, "dataset": str(dataset.reader.root), "gsd_m": dataset.reader.info.gsd_m,
+                     "resumed_from": str(resume_from or ""),
                      "nonfinite_steps": trainer.nonfinite_steps}  # fmt: skip
             result = _finish(trained, result, config, stats, dataset, checksums, extra, register_as, alias)
     except BaseException:
