@@ -341,6 +341,7 @@ def test_loss_goes_down_on_eurosat(shared_data: Path, tmp_path: Path) -> None:
         assert last < 0.9 * first, f"{key} did not go down: {[round(m[key], 4) for m in logged]}"
 
 
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor compiles C++ on CPU")
 def test_compiled_blocks_train_like_eager_ones(synthetic_dataset: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = {}
