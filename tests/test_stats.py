@@ -18,12 +18,16 @@ from spacenit.data.stats import (
     SensorAccumulator,
     SensorStats,
     StatsError,
-    band_values,
     compute_stats,
     load_stats,
 )  # fmt: skip
 from spacenit.sensors import SENTINEL, WORLDCOVER
 from tests.rasters import write_tif
+
+
+def band_values(array: np.ndarray) -> np.ndarray:
+    """(T, C, H, W) or (T, C) -> (C, N): every value of each band, a copy; the numpy reference's layout."""
+    return np.moveaxis(array, 1, 0).reshape(array.shape[1], -1)
 
 
 def test_stats_json_matches_numpy_over_all_samples(synthetic_dataset: Path) -> None:

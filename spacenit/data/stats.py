@@ -66,12 +66,6 @@ def band_view(array: np.ndarray, channel_axis: int = 0) -> np.ndarray:
     return array.reshape(int(np.prod(shape[:channel_axis])), shape[channel_axis], -1)
 
 
-def band_values(array: np.ndarray, channel_axis: int = 1) -> np.ndarray:
-    """(T, C, H, W) or (T, C) (or a batch, with `channel_axis=2`) -> (C, N): every value of each band (a copy)."""
-    channels = array.shape[channel_axis]
-    return np.moveaxis(array, channel_axis, 0).reshape(channels, -1)
-
-
 @dataclass
 class RunningMoments:
     """Count, mean, M2 (sum of squared deviations), min and max per band; mergeable."""
