@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +61,24 @@ def test_merging_many_partials_equals_one_pass() -> None:
         np.testing.assert_allclose(merged.mean[c], values.mean(), rtol=1e-9)
         np.testing.assert_allclose(merged.std[c], values.std(), rtol=1e-9)
         assert merged.count[c] == values.size
+
+
+def test_adding_batches_in_place_equals_one_accumulator_of_everything() -> None:
+    # stats folds batch after batch into one accumulator; it must equal one of the whole
+    # band view, histogram counts exactly, with negative values and sentinels in some batches.
+    rng = np.random.default_rng(4)
+    data = rng.normal(-20.0, 8.0, size=(12, 3, 256)).astype(np.float32)  # (rows, bands, pixels)
+    data[3:5, 1, ::5] = SENTINEL
+    whole = SensorAccumulator.of(data, categorical=False)
+    folded = SensorAccumulator.of(data[:2], categorical=False)
+    for start in range(2, 12, 3):
+        folded.add(data[start : start + 3])
+    np.testing.assert_array_equal(folded.histogram.counts, whole.histogram.counts)
+    assert folded.histogram.counts.sum() == (data[:, :, ::HISTOGRAM_STRIDE] != SENTINEL).sum()
+    np.testing.assert_array_equal(folded.moments.count, whole.moments.count)
+    np.testing.assert_allclose(folded.moments.mean, whole.moments.mean, rtol=1e-12)
+    np.testing.assert_allclose(folded.moments.std, whole.moments.std, rtol=1e-12)
+    np.testing.assert_array_equal(folded.moments.min, whole.moments.min)
 
 
 def test_a_mean_far_above_the_spread_keeps_full_precision() -> None:
@@ -131,6 +153,26 @@ def test_percentiles_of_the_counted_values_are_within_a_bucket_of_numpy() -> Non
     counted = values[:, ::HISTOGRAM_STRIDE].astype(np.float64)
     exact = np.percentile(counted, PERCENTILES, axis=1)
     np.testing.assert_allclose(got, exact, rtol=2**-7)
+
+
+def test_stats_workers_run_after_torch_used_its_thread_pool(synthetic_dataset: Path, tmp_path: Path) -> None:
+    # A forked child of a process that already ran a parallel torch op hangs in its own
+    # first one unless the pool's initializer keeps torch to one thread. A subprocess
+    # with a timeout turns that hang into a failure.
+    script = (
+        "import sys, torch\n"
+        "from spacenit.data.stats import compute_stats\n"
+        "torch.ones(1_000_000).sum()  # starts torch's intra-op threads in this parent\n"
+        "compute_stats(sys.argv[1], sys.argv[2], workers=2, progress=False)\n"
+    )
+    out = tmp_path / "stats.json"
+    run = subprocess.Popen([sys.executable, "-c", script, str(synthetic_dataset), str(out)], start_new_session=True)
+    try:
+        assert run.wait(timeout=60) == 0
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # the hung pool workers too
+        pytest.fail("compute_stats(workers=2) hung in its pool workers after the parent used torch")
+    assert json.loads(out.read_text())["num_samples"] == 24
 
 
 def test_many_workers_and_a_seeded_subset_agree_with_numpy(synthetic_dataset: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from spacenit.data.format import DATASET_JSON, write_json_atomic
@@ -99,9 +100,9 @@ class RunningMoments:
         else:
             valid = values != SENTINEL
             count = valid.sum(axis=axes).astype(np.float64)
-            safe = np.where(valid, values, values.dtype.type(0))
-            lo = np.where(valid, values, np.inf).min(axis=axes)
-            hi = np.where(valid, values, -np.inf).max(axis=axes)
+            safe = np.where(valid, values, values.dtype.type(0))  # the one masked copy: for the sums
+            lo = values.min(axis=axes, where=valid, initial=np.inf)
+            hi = values.max(axis=axes, where=valid, initial=-np.inf)
         s1 = safe.sum(axis=axes, dtype=np.float64)
         s2 = np.einsum("rcs,rcs->c", safe, safe, dtype=np.float64)
         mean = s1 / np.maximum(count, 1)
@@ -160,25 +161,33 @@ class FloatHistogram:
 
     @classmethod
     def of(cls, values: np.ndarray, has_sentinel: bool = True) -> FloatHistogram:
-        """Histogram of `values`, (C, N) or a `band_view` (R, C, S), without the sentinel.
+        """Histogram of `values`, (C, N) or a `band_view` (R, C, S), without the sentinel."""
+        histogram = cls(np.zeros((values.shape[-2], _NUM_BUCKETS), dtype=np.int64))
+        histogram.add(values, has_sentinel)
+        return histogram
+
+    def add(self, values: np.ndarray, has_sentinel: bool = True) -> None:
+        """Count `values` too, in place: a new (C, 65536) array per batch costs as much as counting.
 
         Counting everything and then taking the sentinels out of their bucket is
         exact and avoids masking every value.
         """
         values = values[None] if values.ndim == 2 else values
-        sample = values[:, :, ::HISTOGRAM_STRIDE]
-        if sample.dtype != np.float32:
-            sample = sample.astype(np.float32)
-        counts = np.empty((values.shape[1], _NUM_BUCKETS), dtype=np.int64)
+        if values.dtype != np.dtype("<f4") or not values.flags.c_contiguous:
+            values = np.ascontiguousarray(values, dtype="<f4")
+        # The top 16 bits of a little-endian float32 are its second uint16: a strided
+        # view, where a shift would compute a new array.
+        tops = values.view("<u2")[:, :, 1 :: 2 * HISTOGRAM_STRIDE]
         for c in range(values.shape[1]):
-            top = sample[:, c].view(np.uint32) >> 16
-            counts[c] = np.bincount(top.ravel(), minlength=_NUM_BUCKETS)
+            # torch.bincount, unlike np.bincount, lets go of the GIL, so the thread that
+            # reads the next batch keeps running while this one counts.
+            counted = torch.bincount(torch.from_numpy(tops[:, c].astype(np.int32).ravel())).numpy()
+            self.counts[c, : counted.size] += counted  # up to the highest bucket used
         if has_sentinel:
-            counts[:, _SENTINEL_BUCKET] -= (sample == SENTINEL).sum(axis=(0, 2))
-        return cls(counts)
+            self.counts[:, _SENTINEL_BUCKET] -= (values[:, :, ::HISTOGRAM_STRIDE] == SENTINEL).sum(axis=(0, 2))
 
     def merge(self, other: FloatHistogram) -> FloatHistogram:
-        """Fold `other` into this histogram, in place: a new (C, 65536) array per batch cost more than counting."""
+        """Fold `other` into this histogram, in place."""
         self.counts += other.counts
         return self
 
@@ -215,17 +224,27 @@ class SensorAccumulator:
     @classmethod
     def of(cls, values: np.ndarray, categorical: bool) -> SensorAccumulator:
         """The accumulator of `values`, (C, N) or a `band_view` (R, C, S)."""
+        num_bands = values.shape[-2]
+        empty = cls(
+            RunningMoments.empty(num_bands),
+            None if categorical else FloatHistogram(np.zeros((num_bands, _NUM_BUCKETS), dtype=np.int64)),
+            [Counter() for _ in range(num_bands)] if categorical else None,
+        )
+        empty.add(values)
+        return empty
+
+    def add(self, values: np.ndarray) -> None:
+        """Fold a batch of `values`, (C, N) or a `band_view` (R, C, S), into this accumulator."""
         values = values[None] if values.ndim == 2 else values
         moments = RunningMoments.of(values)
-        if categorical:
-            counts = []
-            for c in range(values.shape[1]):
+        self.moments = self.moments.merge(moments)
+        if self.class_counts is not None:
+            for c, counter in enumerate(self.class_counts):
                 band = values[:, c].ravel()
                 classes, n = np.unique(band[band != SENTINEL], return_counts=True)
-                counts.append(Counter(dict(zip(classes, n, strict=True))))
-            return cls(moments, None, counts)
-        has_sentinel = bool((moments.count < values.shape[0] * values.shape[2]).any())
-        return cls(moments, FloatHistogram.of(values, has_sentinel), None)
+                counter.update(dict(zip(classes, n, strict=True)))
+        else:
+            self.histogram.add(values, has_sentinel=bool((moments.count < values.shape[0] * values.shape[2]).any()))
 
     def merge(self, other: SensorAccumulator) -> SensorAccumulator:
         moments = self.moments.merge(other.moments)
@@ -266,8 +285,12 @@ def _accumulate(task: _ShardTask, batches: Iterable[dict[str, np.ndarray]]) -> d
     categorical = dict(task.sensors)
     total = None
     for batch in batches:
-        part = {name: SensorAccumulator.of(band_view(v, channel_axis=2), categorical[name]) for name, v in batch.items()}
-        total = _merged(total, part)
+        views = {name: band_view(v, channel_axis=2) for name, v in batch.items()}
+        if total is None:
+            total = {name: SensorAccumulator.of(v, categorical[name]) for name, v in views.items()}
+        else:
+            for name, v in views.items():
+                total[name].add(v)
     return total
 
 
@@ -288,12 +311,24 @@ def _partials(tasks: list[_ShardTask], workers: int) -> Iterator[dict[str, Senso
     take a shard each.
     """
     if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_one_torch_thread) as pool:
             yield from pool.map(_shard_stats, tasks)
         return
     batches = _prefetched((i, batch) for i, task in enumerate(tasks) for batch in _read_batches(task))
-    for i, group in itertools.groupby(batches, key=lambda item: item[0]):
-        yield _accumulate(tasks[i], (batch for _, batch in group))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch's spare threads would spin on the core the reader needs
+    try:
+        for i, group in itertools.groupby(batches, key=lambda item: item[0]):
+            yield _accumulate(tasks[i], (batch for _, batch in group))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _one_torch_thread() -> None:
+    """Pool worker set-up: a forked child whose parent already ran torch's thread pool
+    hangs in its first parallel torch op, unless it keeps torch to its own thread
+    (one worker is one core's worth of work anyway)."""
+    torch.set_num_threads(1)
 
 
 def _prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
