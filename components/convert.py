@@ -24,10 +24,12 @@ def convert(
     workers: int = 1,
     partition_index: int = 0,
     partition_count: int = 1,
+    tile_scenes: bool = False,
 ):
     """Convert the GeoTIFFs under `input_dir` into the dataset directory `dataset.path`.
 
     With `partition_count` > 1, only partition `partition_index` of the samples.
+    With `tile_scenes`, a raster larger than one tile becomes one sample per tile.
 
     Raises when no sample could be converted; inputs that failed are logged and
     listed in `convert_report.json` inside the dataset, and the run goes on.
@@ -50,6 +52,7 @@ def convert(
         progress=False,
         # One partition is the whole input.
         partition=(partition_index, partition_count) if partition_count > 1 else None,
+        tile_scenes=tile_scenes,
     )
     for failure in report.failures:
         logging.warning("convert: skipped %s: %s", failure.path, failure.reason)

@@ -117,6 +117,7 @@ def spacenit_pipeline(
     experiment: str = PIPELINE_NAME,
     convert_partitions: int = 4,
     tile_size_px: int = 64,
+    tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
     steps: int = 200,
@@ -142,7 +143,8 @@ def spacenit_pipeline(
     CPU; > 0 trains in the CUDA image with `accelerate launch` on that many GPUs;
     with `num_nodes` > 1 a PyTorchJob trains on num_nodes x gpus_per_node GPUs.
     `gpu_node_selector` (e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})
-    picks the GPU nodes.
+    picks the GPU nodes. `tile_scenes` splits rasters larger than one tile into one
+    sample per tile (see docs/format.md).
     """
     end_task = end_run_op(
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=tracking_uri, experiment=experiment
@@ -177,6 +179,7 @@ def spacenit_pipeline(
                 layout=layout,
                 sensor=sensor,
                 tile_size_px=tile_size_px,
+                tile_scenes=tile_scenes,
                 partition_index=index,
                 partition_count=convert_partitions,
             )
@@ -327,6 +330,7 @@ def run_local(
     experiment: str = PIPELINE_NAME,
     convert_partitions: int = 2,
     tile_size_px: int = 64,
+    tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
     steps: int = 200,
@@ -370,6 +374,7 @@ def run_local(
             experiment=experiment,
             convert_partitions=convert_partitions,
             tile_size_px=tile_size_px,
+            tile_scenes=tile_scenes,
             layout=layout,
             sensor=sensor,
             steps=steps,

@@ -21,6 +21,7 @@ EXAMPLES = {
   spacenit convert ../shared/data/eurosat_ms eurosat --layout class_folders --sensor sentinel2_l1c --workers 2
   spacenit convert data/ ds --manifest data/manifest.csv --storage hdf5 --assume-crs EPSG:32632
   spacenit convert data/ part-0 --partition 0/4      # then merge the 4 parts (merge_datasets)
+  spacenit convert scenes/ tiles --layout class_folders --sensor landsat8 --gsd-m 30 --tile-scenes
 
 input layouts:
   samples        <root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif, or .../<YYYY-MM-DD>/<band>.tif
@@ -83,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, default=1, help="processes converting samples in parallel")
     c.add_argument("--partition", type=_partition, default=None, metavar="INDEX/COUNT",
                    help="convert only samples whose sorted position %% COUNT == INDEX (a partial dataset)")  # fmt: skip
+    c.add_argument("--tile-scenes", action="store_true",
+                   help="split rasters larger than one tile into a grid of tiles, one sample each (ids "
+                        "<id>_r<row>_c<col>); tiles without a valid pixel are skipped and counted. "
+                        "Without it, a sample is the top-left tile of its raster")  # fmt: skip
 
     s = verb("stats", "Compute per-sensor, per-band count/mean/std/min/max and percentiles of a dataset.")
     s.add_argument("dataset_dir", type=Path)
@@ -141,9 +146,11 @@ def _run(args: argparse.Namespace) -> int:
             args.input_dir, args.output_dir, layout=args.layout, sensor=args.sensor,
             tile_size_px=args.tile_size_px, gsd_m=args.gsd_m, samples_per_shard=args.samples_per_shard,
             assume_crs=args.assume_crs, workers=args.workers, manifest=args.manifest,
-            storage=args.storage, partition=args.partition,
+            storage=args.storage, partition=args.partition, tile_scenes=args.tile_scenes,
         )  # fmt: skip
         print(f"converted {report.num_samples} samples into {args.output_dir} ({report.num_shards} shards, {report.shards_skipped} already done)")
+        if report.empty_tiles:
+            print(f"skipped {report.empty_tiles} tile(s) without a valid pixel")
         if report.failures:
             print(f"{len(report.failures)} input(s) failed; see {args.output_dir / REPORT_JSON}:", file=sys.stderr)
             for f in report.failures[:10]:

@@ -381,3 +381,64 @@ def test_cli_exit_code_says_whether_anything_failed(tmp_path: Path, capsys: pyte
     assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out2"), "--tile-size-px", "16"]) == 0
     assert main(["convert", str(tmp_path / "in"), str(tmp_path / "out3"), "--assume-crs", "EPSG:nope"]) == 2
     assert "is not a CRS" in capsys.readouterr().err
+
+
+# --- scenes larger than one tile ---
+
+
+def _scene(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A 150 x 100 px Sentinel-1 scene at 10 m whose bottom-right corner (rows 64+, columns 128+) is nodata."""
+    data = np.random.default_rng(8).normal(-15, 3, (2, 100, 150)).astype(np.float32)
+    data[:, 64:, 128:] = -9999.0
+    root = tmp_path / "in"
+    write_tif(root / "scene" / "sentinel1" / "2021-06-01.tif", data, origin=_ANCHOR_ORIGIN, nodata=-9999.0)
+    return root, data
+
+
+def test_tile_scenes_covers_the_whole_scene_and_skips_empty_tiles(tmp_path: Path) -> None:
+    root, data = _scene(tmp_path)
+    report = convert(root, tmp_path / "out", tile_size_px=64, samples_per_shard=4, tile_scenes=True, progress=False)
+    # 3 x 2 tiles of 64 px cover 150 x 100 px; the bottom-right one holds only nodata.
+    assert report.ok and report.num_samples == 5 and report.empty_tiles == 1
+    reader = DatasetReader(tmp_path / "out")
+    ids = [s.id for s in reader]
+    assert sorted(ids) == ["scene_r0_c0", "scene_r0_c1", "scene_r0_c2", "scene_r1_c0", "scene_r1_c1"]
+    canvas = np.full((2, 128, 192), SENTINEL, np.float32)
+    for sample in reader:
+        left, bottom, right, top = sample.record.bounds
+        col, row = round((left - _ANCHOR_ORIGIN[0]) / 640), round((_ANCHOR_ORIGIN[1] - top) / 640)
+        assert sample.id == f"scene_r{row}_c{col}"
+        assert (right - left, top - bottom) == (640.0, 640.0)  # tiles touch: no gap, no overlap
+        canvas[:, row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64] = sample.data["sentinel1"][0]
+    # Stitched back, the tiles are the scene, nodata as sentinel, padded beyond its edge.
+    np.testing.assert_array_equal(canvas[:, :100, :150], np.where(data == -9999.0, SENTINEL, data))
+    assert (canvas[:, 100:] == SENTINEL).all() and (canvas[:, :, 150:] == SENTINEL).all()
+
+    again = convert(root, tmp_path / "out", tile_size_px=64, samples_per_shard=4, tile_scenes=True, progress=False)
+    assert again.shards_skipped == again.num_shards == 2 and again.empty_tiles == 1 and again.num_samples == 5
+
+
+def test_without_tile_scenes_a_sample_is_the_top_left_tile(tmp_path: Path) -> None:
+    root, data = _scene(tmp_path)
+    report = convert(root, tmp_path / "out", tile_size_px=64, progress=False)
+    (sample,) = DatasetReader(tmp_path / "out")
+    assert report.num_samples == 1 and sample.id == "scene"
+    np.testing.assert_array_equal(sample.data["sentinel1"][0], data[:, :64, :64])
+
+
+def test_tile_scenes_counts_tiles_on_the_reference_grid(tmp_path: Path) -> None:
+    # 40 x 30 px at 30 m = 1200 x 900 m: on the 10 m grid, 2 x 2 tiles of 640 m.
+    dem = np.random.default_rng(9).uniform(100, 900, (1, 30, 40)).astype(np.float32)
+    write_tif(tmp_path / "in" / "hill" / "srtm" / "dem.tif", dem, res=30.0, origin=_ANCHOR_ORIGIN)
+    report = convert(tmp_path / "in", tmp_path / "out", tile_size_px=64, tile_scenes=True, progress=False)
+    assert report.num_samples == 4 and report.empty_tiles == 0
+    tops_lefts = {(s.record.bounds[0], s.record.bounds[3]) for s in DatasetReader(tmp_path / "out")}
+    x0, y0 = _ANCHOR_ORIGIN
+    assert tops_lefts == {(x0, y0), (x0 + 640, y0), (x0, y0 - 640), (x0 + 640, y0 - 640)}
+
+
+def test_cli_tile_scenes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = _scene(tmp_path)
+    assert main(["convert", str(root), str(tmp_path / "out"), "--tile-scenes"]) == 0
+    out = capsys.readouterr().out
+    assert "converted 5 samples" in out and "skipped 1 tile(s) without a valid pixel" in out

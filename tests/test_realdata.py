@@ -48,3 +48,21 @@ def test_eurosat_converts_and_probes(shared_data: Path, tmp_path: Path) -> None:
     # 10 balanced-ish classes: chance is about 0.1. Even a barely trained encoder's pooled
     # features carry the spectra, so both probes must clear chance by a wide margin.
     assert metrics["knn_accuracy"] > 0.3 and metrics["linear_accuracy"] > 0.3, metrics
+
+
+def test_a_landsat_scene_with_a_nodata_border_becomes_tiles(shared_data: Path, tmp_path: Path) -> None:
+    # RGB.byte.tif: Landsat-7 resampled to 300 m, 3 bands, 791 x 718 px, a tilted footprint in a 0 (nodata) border.
+    scene = shared_data / "landsat_s1" / "RGB.byte.tif"
+    manifest = tmp_path / "scenes.csv"
+    manifest.write_text(f"sample_id,sensor,path,bands\nrgb,landsat,{scene.name},B4 B3 B2\n")
+    report = convert(scene.parent, tmp_path / "ds", manifest=manifest, tile_size_px=128, gsd_m=300.0,
+                     tile_scenes=True, progress=False)  # fmt: skip
+    with rasterio.open(scene) as src:
+        rows, cols = -(-src.height // 128), -(-src.width // 128)  # its own ~300 m pixels are kept
+        valid = src.read() != src.nodata
+    assert report.ok and report.empty_tiles > 0  # the border corners hold no valid pixel
+    assert report.num_samples + report.empty_tiles == rows * cols
+    reader = DatasetReader(tmp_path / "ds")
+    red = reader.info.sensors["landsat"].bands.index("B4")
+    # Every valid pixel lands in exactly one tile: the tiles share the scene's own pixel grid.
+    assert sum(int((s.data["landsat"][0, red] != -99999).sum()) for s in reader) == int(valid[0].sum())

@@ -8,6 +8,11 @@ inputs are unchanged and redoes the rest. A sample that fails (unreadable
 file, wrong band count, no CRS, duplicate id...) is listed in
 `convert_report.json` with its reason while every good sample is converted.
 
+A sample is one tile, anchored at the top-left of its first raster. With
+`tile_scenes`, a raster larger than one tile becomes one sample per tile of a
+grid that covers it all (ids `<id>_r<row>_c<col>`); tiles without a single
+valid pixel (a scene's nodata border) are skipped and counted, not failed.
+
 `partition=(index, count)` converts only the samples whose position in the
 sorted sample list is `index` modulo `count`, into a partial dataset that
 `spacenit.conversion.merge.merge_datasets` combines with the others: the unit
@@ -22,7 +27,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,8 +43,10 @@ from spacenit.conversion.geotiff import (
     OpenRasters,
     RasterReadError,
     georeference,
+    open_raster,
     read_acquisition,
     reference_grid,
+    scene_tiles,
 )  # fmt: skip
 from spacenit.data.format import (
     DATASET_JSON,
@@ -76,6 +83,10 @@ class ConversionError(RuntimeError):
     """Nothing could be converted, or the options are invalid; the message says why."""
 
 
+class EmptyTileError(RasterReadError):
+    """Every pixel of a sample's tile is nodata: a failure for a chip, a skip for a scene's tile."""
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     tile_size_px: int = 64
@@ -83,6 +94,7 @@ class ConvertOptions:
     samples_per_shard: int = 64
     assume_crs: str | None = None
     storage: str = "zarr"
+    tile_scenes: bool = False
 
 
 @dataclass
@@ -106,6 +118,8 @@ class ConvertReport:
     input_bytes: int = 0
     #: The partial datasets a merged dataset was made from.
     merged_from: list[str] = field(default_factory=list)
+    #: With `tile_scenes`: tiles skipped because every pixel of theirs is nodata.
+    empty_tiles: int = 0
 
     @property
     def ok(self) -> bool:
@@ -137,14 +151,16 @@ def convert(
     manifest: str | Path | None = None,
     storage: str = "zarr",
     partition: tuple[int, int] | None = None,
+    tile_scenes: bool = False,
 ) -> ConvertReport:
     """Convert the GeoTIFFs under `input_dir` (or listed in `manifest`) into a dataset at `output_dir`.
 
+    With `tile_scenes`, a raster larger than one tile becomes one sample per tile.
     Returns a report; its `failures` list every input that was skipped and why.
     Raises ConversionError when no sample at all could be converted.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    options = ConvertOptions(tile_size_px, gsd_m, samples_per_shard, assume_crs, storage)
+    options = ConvertOptions(tile_size_px, gsd_m, samples_per_shard, assume_crs, storage, tile_scenes)
     _check_options(options, workers, partition)
     samples = mark_duplicates(discover(input_dir, layout=layout, sensor=sensor, manifest=manifest))
     samples.sort(key=lambda s: (s.id, s.first_path()))
@@ -154,13 +170,16 @@ def convert(
     selected = samples if partition is None else samples[partition[0] :: partition[1]]
 
     failures = [Failure(s.id, s.problem_path or s.first_path(), s.problem) for s in selected if s.problem]
-    plans = _plan_shards([s for s in selected if not s.problem], output_dir / SHARDS_DIR, contents, options)
+    good = [s for s in selected if not s.problem]
+    if tile_scenes:  # after partitioning: every tile of a scene lands in the scene's partition
+        good = _tile_scenes(good, contents, options)
+    plans = _plan_shards(good, output_dir / SHARDS_DIR, contents, options)
     finished = {plan.path: _finished_shard(plan) for plan in plans}
     todo = [plan for plan in plans if finished[plan.path] is None]
     results = [r for r in finished.values() if r is not None]
 
     bar = tqdm(total=sum(len(p.samples) for p in plans), desc="convert", unit="sample", disable=not progress)
-    bar.update(sum(len(r.records) + len(r.failures) for r in results))
+    bar.update(sum(len(r.records) + len(r.failures) + r.empty_tiles for r in results))
     results += _convert_shards(todo, workers, bar)
     bar.close()
 
@@ -171,7 +190,7 @@ def convert(
     report = ConvertReport(
         output_dir=str(output_dir), num_samples=len(records), num_shards=len(plans),
         shards_skipped=len(plans) - len(todo), failures=failures, storage=storage, partition=partition,
-        input_bytes=sum(plan.input_bytes for plan in plans),
+        input_bytes=sum(plan.input_bytes for plan in plans), empty_tiles=sum(r.empty_tiles for r in results),
     )  # fmt: skip
     write_json_atomic(output_dir / REPORT_JSON, report.to_dict())
     if not records and (partition is None or not contents.sensors):
@@ -226,6 +245,28 @@ def _dataset_contents(samples: list[SampleInput]) -> DatasetContents:
     return DatasetContents(sensors, num_timesteps)
 
 
+def _tile_scenes(samples: list[SampleInput], contents: DatasetContents, options: ConvertOptions) -> list[SampleInput]:
+    """Each sample as the row-major tiles that cover its anchor raster (one tile: still renamed, for
+    predictable ids). A sample whose raster cannot be opened stays whole: converting it reports why."""
+    tiled = []
+    with rasterio.Env(**GDAL_OPTIONS):
+        for sample in samples:
+            sensor, path = _anchor(sample, contents.sensors)
+            try:
+                with open_raster(path) as src:
+                    georef = georeference(src, path, contents.sensors[sensor], options.assume_crs)
+                    rows, cols = scene_tiles(src, georef, tile_size_px=options.tile_size_px, gsd_m=options.gsd_m)
+            except (RasterReadError, RasterioError, OSError):
+                tiled.append(sample)
+                continue
+            digits = len(str(max(rows, cols) - 1))
+            tiled.extend(
+                replace(sample, id=f"{sample.id}_r{r:0{digits}d}_c{c:0{digits}d}", tile=(r, c))
+                for r in range(rows) for c in range(cols)
+            )  # fmt: skip
+    return tiled
+
+
 @dataclass
 class _ShardPlan:
     path: Path
@@ -275,6 +316,7 @@ class _ShardResult:
     shard: str
     records: list[SampleRecord]
     failures: list[Failure]
+    empty_tiles: int = 0
 
 
 def _finished_shard(plan: _ShardPlan) -> _ShardResult | None:
@@ -283,7 +325,7 @@ def _finished_shard(plan: _ShardPlan) -> _ShardResult | None:
     if attrs is None or attrs.get("fingerprint") != plan.fingerprint:
         return None
     records = [SampleRecord.from_dict({**r, "shard": plan.name}) for r in attrs["records"]]
-    return _ShardResult(plan.name, records, [Failure(**f) for f in attrs["failures"]])
+    return _ShardResult(plan.name, records, [Failure(**f) for f in attrs["failures"]], attrs.get("empty_tiles", 0))
 
 
 @dataclass
@@ -293,6 +335,7 @@ class _SampleOutcome:
     arrays: dict[str, np.ndarray | EncodedRows] | None = None  # compressed when workers encode
     record: SampleRecord | None = None
     failure: Failure | None = None
+    empty_tile: bool = False  # a scene's tile without one valid pixel: skipped, not failed
 
 
 def _convert_shards(plans: list[_ShardPlan], workers: int, bar: tqdm) -> list[_ShardResult]:
@@ -342,8 +385,9 @@ def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
 
 
 def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome]) -> _ShardResult:
-    converted = [o for o in outcomes if o.failure is None]
+    converted = [o for o in outcomes if o.arrays is not None]
     failures = [o.failure for o in outcomes if o.failure is not None]
+    empty_tiles = sum(o.empty_tile for o in outcomes)
     records = []
     for row, outcome in enumerate(converted):
         outcome.record.shard, outcome.record.row = plan.name, row
@@ -354,9 +398,10 @@ def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome]) -> _ShardResu
             "fingerprint": plan.fingerprint,
             "records": [{k: v for k, v in asdict(r).items() if k != "shard"} for r in records],
             "failures": [asdict(f) for f in failures],
+            "empty_tiles": empty_tiles,
         }
         write_shard(plan.path, arrays, attrs, plan.options.storage)
-    return _ShardResult(plan.name, records, failures)
+    return _ShardResult(plan.name, records, failures, empty_tiles)
 
 
 def _stack(rows: list[np.ndarray | EncodedRows]) -> np.ndarray | EncodedRows:
@@ -381,6 +426,8 @@ def _convert_or_fail(sample: SampleInput, contents: DatasetContents, options: Co
     try:
         arrays, record = convert_sample(sample, contents, options)
     except (RasterReadError, RasterioError, OSError, ValueError, KeyError) as e:
+        if isinstance(e, EmptyTileError) and sample.tile is not None:
+            return _SampleOutcome(empty_tile=True)
         reason = str(e.args[0]) if isinstance(e, KeyError) else str(e)
         log.warning("skipping sample %s: %s", sample.id, reason)
         return _SampleOutcome(failure=Failure(sample.id, _failing_path(sample, reason), reason))
@@ -398,7 +445,7 @@ def convert_sample(
         anchor_sensor, anchor = _anchor(sample, contents.sensors)
         src = rasters[anchor]
         georef = georeference(src, anchor, contents.sensors[anchor_sensor], options.assume_crs)
-        grid = reference_grid(src, georef, tile_size_px=options.tile_size_px, gsd_m=options.gsd_m)
+        grid = reference_grid(src, georef, tile_size_px=options.tile_size_px, gsd_m=options.gsd_m, tile=sample.tile or (0, 0))
         for name, spec in contents.sensors.items():
             acquisitions = sample.files.get(name, [])
             arrays[name] = _read_sensor(acquisitions, spec, contents.num_timesteps[name], grid, rasters, options)
@@ -406,7 +453,7 @@ def convert_sample(
             dates[name] = [a.date for a in acquisitions] + [""] * missing
             present[name] = [True] * len(acquisitions) + [False] * missing
     if all((a == SENTINEL).all() for a in arrays.values()):
-        raise RasterReadError(f"{anchor}: every pixel of sample {sample.id!r} is nodata on its tile")
+        raise EmptyTileError(f"{anchor}: every pixel of sample {sample.id!r} is nodata on its tile")
     record = SampleRecord(
         id=sample.id, shard="", row=-1, crs=grid.crs.to_string(), bounds=grid.bounds,
         dates=dates, present=present, label=sample.label, split=sample.split,

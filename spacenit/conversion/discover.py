@@ -68,6 +68,8 @@ class SampleInput:
     problem: str | None = None
     #: The input the problem is about (defaults to the sample's first file).
     problem_path: str | None = None
+    #: (row, column) of this sample's tile when convert splits a scene into tiles (`tile_scenes`).
+    tile: tuple[int, int] | None = None
 
     def paths(self) -> list[Path]:
         return [r.path for acquisitions in self.files.values() for a in acquisitions for r in a.rasters]

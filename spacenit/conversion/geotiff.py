@@ -125,17 +125,39 @@ def georeference(src, path: Path, sensor: SensorSpec, assume_crs: str | None) ->
     return Georeference(CRS.from_user_input(assume_crs), transform)
 
 
-def reference_grid(src, georef: Georeference, *, tile_size_px: int, gsd_m: float) -> Grid:
-    """The grid a sample is stored on, anchored at the top-left of the raster `src`."""
+def reference_grid(src, georef: Georeference, *, tile_size_px: int, gsd_m: float, tile: tuple[int, int] = (0, 0)) -> Grid:
+    """The grid a sample is stored on, anchored at the top-left of the raster `src`.
+
+    `tile` (row, column) moves it that many tiles right and down: the tiles of a
+    scene (`scene_tiles`) share one grid and touch without gaps or overlap.
+    """
     left, _, _, top = array_bounds(src.height, src.width, georef.transform)
+    res_x, res_y = _grid_resolution(georef, gsd_m)
+    row, col = tile
+    left, top = left + col * tile_size_px * res_x, top - row * tile_size_px * res_y
+    return Grid(georef.crs, Affine(res_x, 0.0, left, 0.0, -res_y, top), tile_size_px, tile_size_px)
+
+
+def scene_tiles(src, georef: Georeference, *, tile_size_px: int, gsd_m: float) -> tuple[int, int]:
+    """(rows, columns) of tiles that cover the raster `src` on its reference grid; edge tiles overhang it."""
+    res_x, res_y = _grid_resolution(georef, gsd_m)
+    width_m, height_m = src.width * abs(georef.transform.a), src.height * abs(georef.transform.e)
+    # A scene a hair over a whole number of tiles (resampled 9.99 m pixels) gets no extra sliver tile.
+    rows = math.ceil(height_m / (tile_size_px * res_y) - GRID_TOLERANCE)
+    cols = math.ceil(width_m / (tile_size_px * res_x) - GRID_TOLERANCE)
+    return max(rows, 1), max(cols, 1)
+
+
+def _grid_resolution(georef: Georeference, gsd_m: float) -> tuple[float, float]:
+    """(x, y) pixel size of the reference grid: `gsd_m`, or the raster's own pixels when near it."""
     res_x, res_y = abs(georef.transform.a), abs(georef.transform.e)
     # Keep the anchor's own pixels when they are (nearly) the requested size: chips
     # reprojected upstream come at 9.99 m, and resampling them to 10.00 m would only blur.
     # Metres mean nothing in degrees, so geographic rasters keep their pixels too.
     near = all(abs(r - gsd_m) <= GRID_TOLERANCE * gsd_m for r in (res_x, res_y))
-    if not (georef.crs.is_geographic or near):
-        res_x = res_y = gsd_m
-    return Grid(georef.crs, Affine(res_x, 0.0, left, 0.0, -res_y, top), tile_size_px, tile_size_px)
+    if georef.crs.is_geographic or near:
+        return res_x, res_y
+    return gsd_m, gsd_m
 
 
 def band_mapping(src, raster: RasterFile, sensor: SensorSpec) -> tuple[list[int], list[int]]:

@@ -137,14 +137,16 @@ def _remove_other_shards(shard_dir: Path, keep: set[str]) -> None:
 
 def _merged_report(part_dirs: list[Path], output_dir: Path, num_samples: int, num_shards: int, storage: str) -> ConvertReport:
     failures: list[Failure] = []
-    input_bytes = 0
+    input_bytes = empty_tiles = 0
     for part in part_dirs:
         path = part / REPORT_JSON
         if path.is_file():
             report = ConvertReport.from_dict(json.loads(path.read_text()))
             failures.extend(report.failures)
             input_bytes += report.input_bytes
+            empty_tiles += report.empty_tiles
     return ConvertReport(
         output_dir=str(output_dir), num_samples=num_samples, num_shards=num_shards, shards_skipped=0,
         failures=failures, storage=storage, input_bytes=input_bytes, merged_from=[str(p) for p in part_dirs],
+        empty_tiles=empty_tiles,
     )  # fmt: skip
