@@ -15,7 +15,10 @@ from rasterio.warp import reproject
 
 from spacenit.conversion.convert import ConversionError, convert
 from spacenit.conversion.manifest import ManifestError
+from spacenit.data.format import load_dataset_info
 from spacenit.data.shards import DatasetReader
+from spacenit.evaluation.datasets import task_from_dataset
+from spacenit.evaluation.errors import ProbeError
 from spacenit.sensors import SENTINEL, SENTINEL2_L2A
 from tests.rasters import write_tif
 
@@ -127,7 +130,7 @@ def test_every_bad_row_fails_its_sample_with_line_and_reason(tmp_path: Path) -> 
         "sensor": "line 6: unknown sensor 'sentinel9'", "missing": "nope.tif does not exist",
         "date": "date 'June' is not an ISO date", "band": "has no band(s) ['HH']",
         "dup": "line 11: sample id 'dup' already has sentinel1 on date 2021-01-01",
-        "label": "line 13: label/split (b, None) differ from line 12",
+        "label": "line 13: label/labels/split (b, None, None) differ from line 12",
     }  # fmt: skip
     assert set(reasons) == set(expected)
     for sample_id, text in expected.items():
@@ -165,7 +168,8 @@ def _bigearthnet_manifest(shared_data: Path, path: Path) -> tuple[Path, list[dic
         for patch in labels:
             pid = patch["patch_id"]
             for sensor, rel in (("sentinel2_l2a", f"s2/{pid}_12band_120px.tif"), ("sentinel1", f"s1/{pid}_S1.tif")):
-                f.write(json.dumps({"sample_id": pid, "sensor": sensor, "path": rel, "split": patch["split"]}) + "\n")
+                row = {"sample_id": pid, "sensor": sensor, "path": rel, "split": patch["split"], "labels": patch["labels_19"]}
+                f.write(json.dumps(row) + "\n")
     return root, labels
 
 
@@ -186,3 +190,45 @@ def test_bigearthnet_needs_assume_crs_and_then_converts(shared_data: Path, tmp_p
         np.testing.assert_array_equal(sample.data["sentinel2_l2a"][0], src.read().astype(np.float32))
     with rasterio.open(root / "s1" / f"{sample.id}_S1.tif") as src:
         np.testing.assert_array_equal(sample.data["sentinel1"][0], src.read())
+    # The multi-label classes travel through dataset.json into a task: targets as labels.json says.
+    task = task_from_dataset(tmp_path / "ds")
+    classes = sorted({lbl for patch in labels for lbl in patch["labels_19"]})
+    by_id = {patch["patch_id"]: patch["labels_19"] for patch in labels}
+    expected = np.array([[c in by_id[i] for c in classes] for i in task.ids], dtype=np.int64)
+    assert task.multilabel and task.class_names == classes
+    np.testing.assert_array_equal(task.targets, expected)
+
+
+def test_multi_label_samples_from_a_csv_manifest_become_a_multi_label_task(tmp_path: Path) -> None:
+    root, rng = tmp_path / "in", np.random.default_rng(3)
+    lines = ["sample_id,sensor,path,labels,split"]
+    classes_of = {"a": "water;forest", "b": "forest", "c": "", "d": "urban; water"}  # c: an empty cell, no labels
+    for sample, cell in classes_of.items():
+        write_tif(root / f"{sample}.tif", rng.normal(-12, 2, (2, 16, 16)).astype(np.float32), origin=ORIGIN)
+        lines.append(f"{sample},sentinel1,{sample}.tif,{cell},train")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    convert(root, tmp_path / "ds", manifest=tmp_path / "m.csv", tile_size_px=16, progress=False)
+    records = {s.id: s for s in load_dataset_info(tmp_path / "ds").samples}
+    assert records["a"].labels == ["forest", "water"] and records["a"].label is None
+    assert records["d"].labels == ["urban", "water"] and records["c"].labels is None
+    with pytest.raises(ProbeError, match="3 have `labels` .* 1 have neither"):
+        task_from_dataset(tmp_path / "ds")
+
+    (tmp_path / "m.csv").write_text("\n".join(lines).replace("c.tif,,", "c.tif,urban,") + "\n")
+    convert(root, tmp_path / "ds", manifest=tmp_path / "m.csv", tile_size_px=16, progress=False)
+    task = task_from_dataset(tmp_path / "ds")
+    assert task.multilabel and task.class_names == ["forest", "urban", "water"]
+    expected = {"a": [1, 0, 1], "b": [1, 0, 0], "c": [0, 1, 0], "d": [0, 1, 1]}
+    np.testing.assert_array_equal(task.targets, np.array([expected[i] for i in task.ids]))
+
+
+def test_label_and_labels_on_one_sample_is_reported(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    for sample in ("good", "both"):
+        write_tif(tmp_path / "in" / f"{sample}.tif", rng.normal(-12, 2, (2, 16, 16)).astype(np.float32), origin=ORIGIN)
+    rows = [{"sample_id": "good", "sensor": "sentinel1", "path": "good.tif", "labels": ["water"]},
+            {"sample_id": "both", "sensor": "sentinel1", "path": "both.tif", "label": "crop", "labels": ["water"]}]  # fmt: skip
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = convert(tmp_path / "in", tmp_path / "ds", manifest=tmp_path / "m.jsonl", tile_size_px=16, progress=False)
+    assert report.num_samples == 1 and [f.sample_id for f in report.failures] == ["both"]
+    assert "`label` (one class) or `labels` (multi-label), not both" in report.failures[0].reason

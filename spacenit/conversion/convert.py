@@ -301,7 +301,7 @@ def _fingerprint(plan: _ShardPlan) -> tuple[str, int]:
     h.update(json.dumps({n: s.to_dict() for n, s in plan.contents.sensors.items()}, sort_keys=True).encode())
     total = 0
     for s in plan.samples:
-        h.update(f"{s.id}|{s.label}|{s.split}".encode())
+        h.update(f"{s.id}|{s.label}|{s.labels}|{s.split}".encode())
         for sensor, acquisitions in sorted(s.files.items()):
             for a in acquisitions:
                 for r in a.rasters:
@@ -457,6 +457,7 @@ def convert_sample(
     record = SampleRecord(
         id=sample.id, shard="", row=-1, crs=grid.crs.to_string(), bounds=grid.bounds,
         dates=dates, present=present, label=sample.label, split=sample.split,
+        labels=list(sample.labels) if sample.labels is not None else None,
     )  # fmt: skip
     return arrays, record
 

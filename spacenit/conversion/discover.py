@@ -5,7 +5,8 @@ Two directory layouts are understood:
 * ``samples``: ``<root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif`` (one multiband
   file per date) or ``<root>/<sample_id>/<sensor>/<YYYY-MM-DD>/<band>.tif``
   (one file per band), with optional labels in ``<root>/labels.csv`` (columns
-  ``sample_id,label[,split]``). Static sensors (a DEM) may use any file name.
+  ``sample_id,label[,split]``, or ``labels`` for multi-label samples, ``;``-separated).
+  Static sensors (a DEM) may use any file name.
 * ``class_folders`` (EuroSAT): ``<root>/[<split>/]<class>/<file>.tif``; every file
   is one sample of one sensor (``--sensor``, default Sentinel-2 L1C), labelled
   by its folder.
@@ -68,6 +69,8 @@ class SampleInput:
     problem: str | None = None
     #: The input the problem is about (defaults to the sample's first file).
     problem_path: str | None = None
+    #: Multi-label samples: every class that applies (possibly none); `label` is then None.
+    labels: tuple[str, ...] | None = None
     #: (row, column) of this sample's tile when convert splits a scene into tiles (`tile_scenes`).
     tile: tuple[int, int] | None = None
 
@@ -152,7 +155,8 @@ def mark_duplicates(samples: list[SampleInput]) -> list[SampleInput]:
     return samples
 
 
-def _read_labels(root: Path) -> dict[str, tuple[str | None, str | None]]:
+def _read_labels(root: Path) -> dict[str, tuple[str | None, str | None, tuple[str, ...] | None]]:
+    """sample id -> (label, split, labels) from `labels.csv`; `labels` (multi-label) is `;`-separated."""
     path = root / "labels.csv"
     if not path.exists():
         return {}
@@ -160,9 +164,11 @@ def _read_labels(root: Path) -> dict[str, tuple[str | None, str | None]]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "sample_id" not in reader.fieldnames:
-            raise InputLayoutError(f"{path} must have a header with a sample_id column (and label, split)")
+            raise InputLayoutError(f"{path} must have a header with a sample_id column (and label or labels, split)")
         for row in reader:
-            out[row["sample_id"]] = (row.get("label") or None, row.get("split") or None)
+            cell = row.get("labels") or ""
+            labels = tuple(sorted({lbl.strip() for lbl in cell.split(";") if lbl.strip()})) if cell.strip() else None
+            out[row["sample_id"]] = (row.get("label") or None, row.get("split") or None, labels)
     return out
 
 
@@ -183,7 +189,9 @@ def _discover_samples(root: Path) -> list[SampleInput]:
                     sensor_dir,
                 )
         if sample.files:
-            sample.label, sample.split = labels.get(sample.id, (None, None))
+            sample.label, sample.split, sample.labels = labels.get(sample.id, (None, None, None))
+            if sample.label is not None and sample.labels is not None:
+                sample.fail(f"{root / 'labels.csv'}: sample {sample.id!r} has a `label` and `labels`; give one")
             samples.append(sample)
     return samples
 

@@ -11,6 +11,8 @@ sensor   yes       a registered sensor name
 path     yes       the GeoTIFF, relative to the input root (it may not leave the root)
 date     no        ISO date (YYYY-MM-DD) of the acquisition; empty for static sensors
 label    no        the sample's label (the same on all of its rows)
+labels   no        multi-label samples: every class that applies (CSV: separated by
+                   ``;``; JSON: a list); a sample has ``label`` or ``labels``, not both
 split    no        train / val / test
 bands    no        band names the file holds, in file order (CSV: separated by spaces;
                    JSON: a list), ``_`` for a band to skip; empty: the file holds all
@@ -38,7 +40,7 @@ from spacenit.conversion.geotiff import SKIP_BAND
 from spacenit.sensors import REGISTRY
 
 REQUIRED_COLUMNS = ("sample_id", "sensor", "path")
-OPTIONAL_COLUMNS = ("date", "label", "split", "bands")
+OPTIONAL_COLUMNS = ("date", "label", "labels", "split", "bands")
 
 
 class ManifestError(InputLayoutError):
@@ -55,6 +57,7 @@ class ManifestRow:
     label: str | None = None
     split: str | None = None
     bands: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | None = None
 
 
 def read_manifest(manifest: str | Path, root: str | Path) -> list[SampleInput]:
@@ -68,7 +71,9 @@ def read_manifest(manifest: str | Path, root: str | Path) -> list[SampleInput]:
     samples: dict[str, SampleInput] = {}
     first_row: dict[str, ManifestRow] = {}
     for row in rows:
-        sample = samples.setdefault(row.sample_id, SampleInput(id=row.sample_id, label=row.label, split=row.split))
+        sample = samples.setdefault(
+            row.sample_id, SampleInput(id=row.sample_id, label=row.label, split=row.split, labels=row.labels)
+        )
         first = first_row.setdefault(row.sample_id, row)
         _add_row(sample, row, first, root.resolve(), manifest)
     return list(samples.values())
@@ -129,10 +134,16 @@ def _row(manifest: Path, line: int, record: dict) -> ManifestRow:
     bands = record.get("bands")
     if isinstance(bands, str):
         bands = bands.split()
+    labels = record.get("labels")
+    if isinstance(labels, str):  # CSV; an empty cell is no `labels`, a JSON [] is a sample without classes
+        labels = [lbl for lbl in labels.split(";") if lbl.strip()] if labels.strip() else None
+    if labels is not None and not isinstance(labels, list):
+        raise ManifestError(f"{manifest} line {line}: `labels` must be a list of class names, got {labels!r}")
     return ManifestRow(
         line=line, sample_id=text("sample_id"), sensor=text("sensor"), path=text("path"),
         date=text("date"), label=text("label") or None, split=text("split") or None,
         bands=tuple(str(b) for b in bands) if bands else None,
+        labels=tuple(sorted({str(lbl).strip() for lbl in labels})) if labels is not None else None,
     )  # fmt: skip
 
 
@@ -169,10 +180,12 @@ def _row_problem(row: ManifestRow, path: Path, root: Path, first: ManifestRow) -
     unknown = [b for b in row.bands or () if b not in spec.bands and b != SKIP_BAND]
     if unknown:
         return f"sensor {row.sensor!r} has no band(s) {unknown}; its bands are {list(spec.bands)}"
-    if (row.label, row.split) != (first.label, first.split):
+    if row.label is not None and row.labels is not None:
+        return "a sample has a `label` (one class) or `labels` (multi-label), not both"
+    if (row.label, row.labels, row.split) != (first.label, first.labels, first.split):
         return (
-            f"label/split ({row.label}, {row.split}) differ from line {first.line} "
-            f"({first.label}, {first.split}) of the same sample"
+            f"label/labels/split ({row.label}, {row.labels}, {row.split}) differ from line {first.line} "
+            f"({first.label}, {first.labels}, {first.split}) of the same sample"
         )
     return None
 

@@ -49,6 +49,8 @@ class SampleRecord:
     present: dict[str, list[bool]] = field(default_factory=dict)
     label: str | None = None
     split: str | None = None
+    #: Multi-label samples (BigEarthNet-style): every class that applies, possibly none; `label` is then None.
+    labels: list[str] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> SampleRecord:
@@ -58,6 +60,7 @@ class SampleRecord:
             dates={k: list(v) for k, v in (d.get("dates") or {}).items()},
             present={k: [bool(x) for x in v] for k, v in (d.get("present") or {}).items()},
             label=d.get("label"), split=d.get("split"),
+            labels=list(d["labels"]) if d.get("labels") is not None else None,
         )  # fmt: skip
 
 
@@ -76,7 +79,8 @@ class DatasetInfo:
 
     @property
     def classes(self) -> list[str]:
-        return sorted({s.label for s in self.samples if s.label is not None})
+        single = {s.label for s in self.samples if s.label is not None}
+        return sorted(single.union(*(s.labels for s in self.samples if s.labels is not None)))
 
     def to_dict(self) -> dict:
         return {

@@ -8,7 +8,8 @@
   train/val/test split comes with the data. The source has no georeferencing,
   so the dataset is written directly (no CRS, no bounds) instead of through
   `convert`, which needs a CRS.
-- any directory written by `convert` whose samples carry labels.
+- any directory written by `convert` whose samples carry labels: `label`, or `labels`
+  for multi-label samples (a manifest's `labels` column).
 
 Prepared datasets are cached under a work directory and reused.
 """
@@ -69,17 +70,27 @@ def _ensure_stats(dataset_dir: Path) -> None:
 
 
 def task_from_dataset(dataset_dir: str | Path, *, name: str | None = None, protocol: str = HOLDOUT) -> Task:
-    """A single-label task from a converted dataset's own labels (and splits)."""
+    """A task from a converted dataset's own labels (and splits): single-label from `label`,
+    multi-label when the samples carry `labels` instead."""
     dataset_dir = Path(dataset_dir)
     info = load_dataset_info(dataset_dir)
-    labelled = [s for s in info.samples if s.label is not None]
-    if len(labelled) != len(info.samples):
-        raise ProbeError(f"{dataset_dir}: {len(info.samples) - len(labelled)} samples have no label; a task needs every sample labelled")
+    single = sum(s.label is not None for s in info.samples)
+    multi = sum(s.labels is not None for s in info.samples)
+    if single + multi != len(info.samples) or (single and multi):
+        raise ProbeError(
+            f"{dataset_dir}: {single} samples have a `label`, {multi} have `labels` (multi-label) and "
+            f"{len(info.samples) - single - multi} have neither; a task needs every sample labelled, one way"
+        )
     classes = info.classes
     if len(classes) < 2:
         raise ProbeError(f"{dataset_dir}: a task needs at least two classes, found {classes}")
     _ensure_stats(dataset_dir)
-    targets = np.array([classes.index(s.label) for s in info.samples])
+    if multi:
+        targets = np.zeros((len(info.samples), len(classes)), dtype=np.int64)
+        for i, s in enumerate(info.samples):
+            targets[i, [classes.index(lbl) for lbl in s.labels]] = 1
+    else:
+        targets = np.array([classes.index(s.label) for s in info.samples])
     return Task(name or dataset_dir.name, dataset_dir, [s.id for s in info.samples], targets, classes,
                 [s.split for s in info.samples], protocol)  # fmt: skip
 
@@ -114,8 +125,8 @@ def _read_named(path: Path, bands: tuple[str, ...]) -> np.ndarray:
 def prepare_bigearthnet(source: str | Path, out: str | Path) -> Path:
     """Write BigEarthNet v1 (s2/*_12band_120px.tif + s1/*_S1.tif + labels.json) as a SpaceNit dataset."""
     source, out = Path(source), Path(out)
-    if (out / DATASET_JSON).is_file():
-        return out
+    if (out / DATASET_JSON).is_file() and all(s.labels is not None for s in load_dataset_info(out).samples):
+        return out  # prepared before (without `labels`: by an older SpaceNit, so prepared again)
     entries = json.loads((source / "labels.json").read_text())
     s2, s1, records = [], [], []
     for row, e in enumerate(entries):
@@ -124,7 +135,8 @@ def prepare_bigearthnet(source: str | Path, out: str | Path) -> Path:
         s1.append(_read_named(source / "s1" / f"{pid}_S1.tif", SENTINEL1.bands)[None])  # (1, 2, H, W)
         # The S1 acquisition date is not in the source: unknown ("").
         dates = {SENTINEL2_L2A.name: [_s2_date(pid)], SENTINEL1.name: [""]}
-        records.append(SampleRecord(id=pid, shard="shards/shard-00000.zarr", row=row, dates=dates, split=e.get("split")))
+        records.append(SampleRecord(id=pid, shard="shards/shard-00000.zarr", row=row, dates=dates, split=e.get("split"),
+                                    labels=sorted(e["labels_19"])))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "shards").mkdir(exist_ok=True)
     write_zarr_shard(out / "shards" / "shard-00000.zarr", {SENTINEL2_L2A.name: np.stack(s2), SENTINEL1.name: np.stack(s1)})
@@ -139,17 +151,8 @@ def prepare_bigearthnet(source: str | Path, out: str | Path) -> Path:
 
 def bigearthnet_task(data_root: str | Path, work_dir: str | Path) -> Task:
     """BigEarthNet v1 from `data_root/bigearthnet/v1`: multi-label (19 classes), the data's split."""
-    source = Path(data_root) / "bigearthnet" / "v1"
-    out = prepare_bigearthnet(source, Path(work_dir) / "bigearthnet")
-    _ensure_stats(out)
-    entries = {e["patch_id"]: e for e in json.loads((source / "labels.json").read_text())}
-    info = load_dataset_info(out)
-    classes = sorted({lbl for e in entries.values() for lbl in e["labels_19"]})
-    targets = np.zeros((len(info.samples), len(classes)), dtype=np.int64)
-    for i, s in enumerate(info.samples):
-        for lbl in entries[s.id]["labels_19"]:
-            targets[i, classes.index(lbl)] = 1
-    return Task("bigearthnet", out, [s.id for s in info.samples], targets, classes, [s.split for s in info.samples], HOLDOUT)
+    out = prepare_bigearthnet(Path(data_root) / "bigearthnet" / "v1", Path(work_dir) / "bigearthnet")
+    return task_from_dataset(out, name="bigearthnet", protocol=HOLDOUT)
 
 
 BUILTIN_TASKS = {"eurosat": eurosat_task, "bigearthnet": bigearthnet_task}

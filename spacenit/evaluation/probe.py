@@ -47,7 +47,10 @@ class Split:
 def make_split(x: np.ndarray, labels: list, splits: list, *, test_fraction: float, seed: int) -> Split:
     keep = np.array([lbl is not None for lbl in labels])
     if keep.sum() == 0:
-        raise ProbeError("the embeddings carry no labels; convert a labelled dataset (labels.csv or class folders)")
+        raise ProbeError(
+            "the embeddings carry no labels; convert a labelled dataset (labels.csv or class folders). "
+            "Multi-label datasets (`labels`) are probed by `spacenit evaluate DATASET_DIR`"
+        )
     classes = sorted({lbl for lbl in labels if lbl is not None})
     if len(classes) < 2:
         raise ProbeError(f"probing needs at least two classes, found {classes}")
