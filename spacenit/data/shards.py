@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -262,6 +263,9 @@ class Shard:
             raise ValueError(f"unknown storage {storage!r}; use one of {STORAGES}")
         self._arrays: dict = {}
         self._sample_readers: dict[str, _ZarrSampleReader | None] = {}
+        # Threads may read one shard together (stats reads ahead): what is opened lazily
+        # is opened once, under this lock.
+        self._opening = threading.Lock()
 
     @property
     def attrs(self) -> dict:
@@ -270,18 +274,21 @@ class Shard:
         return json.loads(self._handle.attrs[HDF5_ATTRS])
 
     def _array(self, sensor: str):
-        if sensor not in self._arrays:
-            self._arrays[sensor] = self._handle[sensor]
-        return self._arrays[sensor]
+        with self._opening:
+            if sensor not in self._arrays:
+                self._arrays[sensor] = self._handle[sensor]
+            return self._arrays[sensor]
 
     def shape(self, sensor: str) -> tuple[int, ...]:
         """Shape of one sensor's array: (N, T, C, H, W) or (N, T, C)."""
         return tuple(self._array(sensor).shape)
 
     def _sample_reader(self, sensor: str) -> _ZarrSampleReader | None:
-        if sensor not in self._sample_readers:
-            self._sample_readers[sensor] = _ZarrSampleReader.for_array(self._array(sensor), self.path / sensor)
-        return self._sample_readers[sensor]
+        array = self._array(sensor)
+        with self._opening:
+            if sensor not in self._sample_readers:
+                self._sample_readers[sensor] = _ZarrSampleReader.for_array(array, self.path / sensor)
+            return self._sample_readers[sensor]
 
     def read(self, sensor: str, rows: int | slice | Sequence[int] = slice(None)) -> np.ndarray:
         """Rows of one sensor's array: one sample `(T, ...)`, or `(n, T, ...)` for a slice or list."""
@@ -304,7 +311,10 @@ class Shard:
         return np.asarray(array[rows])
 
     def close(self) -> None:
-        for reader in self._sample_readers.values():
+        """Close the files; closing twice is harmless."""
+        with self._opening:
+            readers, self._sample_readers = self._sample_readers, {}
+        for reader in readers.values():
             if reader is not None:
                 reader.close()
         if self.storage == "hdf5":
