@@ -79,6 +79,11 @@ def landsat_l1(data: Path, work: Path) -> dict:
     return {"input_dir": data / "landsat_s1", "manifest": manifest, "tile_size_px": 1152, "gsd_m": 30.0}
 
 
+def landsat_l1_tiles(data: Path, work: Path) -> dict:
+    """The same L1TP scene cut into 128 px tiles (`tile_scenes`): 9 x 7 = 63 samples, the way scenes are used."""
+    return {**landsat_l1(data, work), "tile_size_px": 128, "tile_scenes": True}
+
+
 def bigearthnet(data: Path, work: Path) -> dict:
     """30 patches of Sentinel-2 L2A (12 bands) + Sentinel-1, 120 px, without georeferencing."""
     root = data / "bigearthnet" / "v1"
@@ -92,7 +97,8 @@ def bigearthnet(data: Path, work: Path) -> dict:
 
 
 INPUT_SETS: dict[str, Callable[[Path, Path], dict]] = {
-    "eurosat": eurosat, "eurosat_x5": eurosat_x5, "landsat_sr": landsat_sr, "landsat_l1": landsat_l1, "bigearthnet": bigearthnet,
+    "eurosat": eurosat, "eurosat_x5": eurosat_x5, "landsat_sr": landsat_sr, "landsat_l1": landsat_l1,
+    "landsat_l1_tiles": landsat_l1_tiles, "bigearthnet": bigearthnet,
 }  # fmt: skip
 
 

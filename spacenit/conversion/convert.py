@@ -27,6 +27,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -341,31 +342,37 @@ class _SampleOutcome:
 def _convert_shards(plans: list[_ShardPlan], workers: int, bar: tqdm) -> list[_ShardResult]:
     """Convert the samples of `plans` in parallel and write each shard as soon as it is complete.
 
-    A writer thread compresses and writes shard k while the samples of shard k+1
-    are converted; at most one shard waits for it, which bounds memory.
+    A writer thread writes shard k while the samples of shard k+1 are converted;
+    at most one shard waits for it, which bounds memory. Zarr samples are
+    compressed as they come: by the workers when there are several, else by the
+    writer thread, sample by sample on the second core, so that even a dataset
+    of one shard overlaps reading and compressing.
     """
     if not plans:
         return []
     plans[0].path.parent.mkdir(parents=True, exist_ok=True)
     contents, options = plans[0].contents, plans[0].options  # the same for every shard
     samples = [sample for plan in plans for sample in plan.samples]
-    # With several workers, they also compress (Zarr) and the writer only writes bytes; with
-    # one, the writer thread compresses shard k on the second core while shard k+1 converts.
-    encode = workers > 1 and options.storage == "zarr"
+    zarr = options.storage == "zarr"
+    encode_in_workers = workers > 1 and zarr
     tasks = [
-        (samples[i : i + SAMPLES_PER_TASK], contents, options, encode) for i in range(0, len(samples), SAMPLES_PER_TASK)
+        (samples[i : i + SAMPLES_PER_TASK], contents, options, encode_in_workers)
+        for i in range(0, len(samples), SAMPLES_PER_TASK)
     ]  # fmt: skip
     outcomes = (outcome for chunk in _in_order(_convert_samples_task, tasks, workers) for outcome in chunk)
     writes: list[Future[_ShardResult]] = []
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=1) as writer:  # one thread: its jobs run in order
         for plan in plans:
-            shard_outcomes = []
+            shard_outcomes, encodes = [], []
             for _ in plan.samples:
-                shard_outcomes.append(next(outcomes))
+                outcome = next(outcomes)
+                if zarr and not encode_in_workers:  # runs before the shard's write, queued after it
+                    encodes.append(writer.submit(_encode_outcome, outcome))
+                shard_outcomes.append(outcome)
                 bar.update()
             if writes:
                 writes[-1].result()  # surfaces a failed write at once
-            writes.append(writer.submit(_write_shard, plan, shard_outcomes))
+            writes.append(writer.submit(_write_shard, plan, shard_outcomes, encodes))
         return [w.result() for w in writes]
 
 
@@ -384,7 +391,9 @@ def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
             yield pending.popleft().result()
 
 
-def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome]) -> _ShardResult:
+def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome], encodes: list[Future] = ()) -> _ShardResult:
+    for encode in encodes:
+        encode.result()  # done already (same thread, earlier); raises what failed there
     converted = [o for o in outcomes if o.arrays is not None]
     failures = [o.failure for o in outcomes if o.failure is not None]
     empty_tiles = sum(o.empty_tile for o in outcomes)
@@ -413,18 +422,27 @@ def _convert_samples_task(
 ) -> list[_SampleOutcome]:
     """Worker entry point: convert a few samples, each to arrays (compressed if `encode`) and a record, or to its failure."""
     samples, contents, options, encode = task
-    with rasterio.Env(**GDAL_OPTIONS):
-        outcomes = [_convert_or_fail(sample, contents, options) for sample in samples]
+    # Files stay open for the whole task: the tiles of a scene open it once and share
+    # GDAL's cache of its decoded blocks.
+    with rasterio.Env(**GDAL_OPTIONS), OpenRasters() as rasters:
+        outcomes = [_convert_or_fail(sample, contents, options, rasters) for sample in samples]
     if encode:
         for o in outcomes:
-            if o.arrays is not None:
-                o.arrays = {name: encode_rows(a[None]) for name, a in o.arrays.items()}
+            _encode_outcome(o)
     return outcomes
 
 
-def _convert_or_fail(sample: SampleInput, contents: DatasetContents, options: ConvertOptions) -> _SampleOutcome:
+def _encode_outcome(outcome: _SampleOutcome) -> None:
+    """Compress a converted sample's arrays into Zarr chunks, in place."""
+    if outcome.arrays is not None:
+        outcome.arrays = {name: encode_rows(a[None]) for name, a in outcome.arrays.items()}
+
+
+def _convert_or_fail(
+    sample: SampleInput, contents: DatasetContents, options: ConvertOptions, rasters: OpenRasters
+) -> _SampleOutcome:
     try:
-        arrays, record = convert_sample(sample, contents, options)
+        arrays, record = convert_sample(sample, contents, options, rasters)
     except (RasterReadError, RasterioError, OSError, ValueError, KeyError) as e:
         if isinstance(e, EmptyTileError) and sample.tile is not None:
             return _SampleOutcome(empty_tile=True)
@@ -435,13 +453,17 @@ def _convert_or_fail(sample: SampleInput, contents: DatasetContents, options: Co
 
 
 def convert_sample(
-    sample: SampleInput, contents: DatasetContents, options: ConvertOptions
+    sample: SampleInput, contents: DatasetContents, options: ConvertOptions, rasters: OpenRasters | None = None
 ) -> tuple[dict[str, np.ndarray], SampleRecord]:
-    """Read every sensor of `sample` onto its reference grid: sensor -> (T, C, H, W) or (T, C)."""
+    """Read every sensor of `sample` onto its reference grid: sensor -> (T, C, H, W) or (T, C).
+
+    `rasters` keeps files open beyond this sample (the caller closes them); by default
+    the sample opens and closes its own.
+    """
     arrays: dict[str, np.ndarray] = {}
     dates: dict[str, list[str]] = {}
     present: dict[str, list[bool]] = {}
-    with OpenRasters() as rasters:
+    with OpenRasters() if rasters is None else nullcontext(rasters) as rasters:
         anchor_sensor, anchor = _anchor(sample, contents.sensors)
         src = rasters[anchor]
         georef = georeference(src, anchor, contents.sensors[anchor_sensor], options.assume_crs)
