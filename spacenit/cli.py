@@ -27,8 +27,9 @@ input layouts:
   samples        <root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif, or .../<YYYY-MM-DD>/<band>.tif
                  (+ optional <root>/labels.csv: sample_id,label,split)
   class_folders  <root>/[<split>/]<class>/<file>.tif, one sensor (--sensor) per file
-  --manifest     CSV or JSON lines: sample_id,sensor,path[,date,label,split,bands], paths
-                 relative to INPUT_DIR (see docs/format.md)
+  --manifest     CSV or JSON lines: sample_id,sensor,path[,date,label|labels,split,bands],
+                 paths relative to INPUT_DIR; `labels` (multi-label) is ;-separated in CSV
+                 (see docs/format.md)
 
 Bad inputs are listed with their reason in OUTPUT_DIR/convert_report.json while every good
 sample is converted; the exit code is 1 when anything failed. Re-running resumes.""",
