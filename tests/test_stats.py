@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,3 +255,18 @@ def test_stats_of_another_version_are_refused(synthetic_dataset: Path, tmp_path:
     (tmp_path / "old.json").write_text(json.dumps(payload))
     with pytest.raises(StatsError, match=r"stats version 1.*spacenit stats"):
         load_stats(tmp_path / "old.json")
+
+
+def test_a_damaged_shard_fails_stats_naming_it_and_closes_the_others(synthetic_dataset: Path, tmp_path: Path) -> None:
+    # The read-ahead threads hand a failed read to the reducer, which raises it; every
+    # shard opened so far is closed (no file descriptor left behind).
+    shutil.copytree(synthetic_dataset, tmp_path / "ds")
+    chunk_file = next((tmp_path / "ds" / "shards" / "shard-00001.zarr" / "srtm").rglob("c/*/*/*/*/*"))
+    payload = bytearray(chunk_file.read_bytes())
+    payload[-10] ^= 0xFF  # flip bits in the shard index
+    chunk_file.write_bytes(bytes(payload))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match=r"shard index of .*shard-00001\.zarr/srtm.* is damaged"):
+        compute_stats(tmp_path / "ds", tmp_path / "stats.json", progress=False)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert not (tmp_path / "stats.json").exists()

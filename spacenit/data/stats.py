@@ -357,32 +357,33 @@ def _read_ahead(tasks: list[_ShardTask], threads: int) -> Iterator[tuple[int, di
     At most `threads` batches are read ahead of the consumer, which bounds memory
     to a few BATCH_BYTES. Each shard is opened once, and closed after its last batch.
     """
-    pending: deque[tuple[int, Future, Shard | None]] = deque()
-    opened: list[Shard] = []
+    pending: deque[tuple[int, Future, Shard | None]] = deque()  # the shard: set on its last batch
+    open_shards: set[Shard] = set()
+
+    def finish() -> tuple[int, dict[str, np.ndarray]]:
+        i, future, shard_done = pending.popleft()
+        batch = future.result()
+        if shard_done is not None:
+            shard_done.close()
+            open_shards.discard(shard_done)
+        return i, batch
+
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stats-read") as pool:
             for i, task in enumerate(tasks):
                 shard = Shard(task.path, task.storage)
-                opened.append(shard)
+                open_shards.add(shard)
                 selections = _selections(task, shard)
                 for k, selection in enumerate(selections):
-                    last = k == len(selections) - 1
-                    pending.append((i, pool.submit(_read_batch, shard, task, selection), shard if last else None))
+                    last = shard if k == len(selections) - 1 else None
+                    pending.append((i, pool.submit(_read_batch, shard, task, selection), last))
                     while len(pending) > threads:
-                        yield _finish(pending.popleft())
+                        yield finish()
             while pending:
-                yield _finish(pending.popleft())
-    finally:
-        for shard in opened:
-            shard.close()  # idempotent: those done are closed already
-
-
-def _finish(item: tuple[int, Future, Shard | None]) -> tuple[int, dict[str, np.ndarray]]:
-    i, future, shard_done = item
-    batch = future.result()
-    if shard_done is not None:
-        shard_done.close()
-    return i, batch
+                yield finish()
+    finally:  # after an error, or a consumer that stopped early
+        for shard in open_shards:
+            shard.close()
 
 
 def compute_stats(
