@@ -22,3 +22,11 @@ def write_tif(path: Path, data: np.ndarray, *, crs: str | None = "EPSG:32632", r
         if descriptions:
             dst.descriptions = tuple(descriptions)
     return path
+
+
+def damage_zarr_shard_index(dataset: Path, shard: str, sensor: str) -> None:
+    """Flip bits in the shard index (at the end of the shard file) of one sensor's array."""
+    chunk_file = next((dataset / "shards" / shard / sensor).rglob("c/*/*/*/*/*"))
+    payload = bytearray(chunk_file.read_bytes())
+    payload[-10] ^= 0xFF
+    chunk_file.write_bytes(bytes(payload))

@@ -17,6 +17,7 @@ from spacenit.data.format import load_dataset_info
 from spacenit.data.shards import DatasetReader, Shard, write_shard
 from spacenit.data.stats import compute_stats
 from spacenit.sensors import SENTINEL
+from tests.rasters import damage_zarr_shard_index
 
 #: HDF5 filter id of zstd, as registered by hdf5plugin.
 ZSTD_FILTER_ID = 32015
@@ -110,10 +111,7 @@ def test_direct_zarr_sample_reads_equal_zarr_python(synthetic_dataset: Path, tmp
 
 def test_damaged_zarr_shard_index_is_an_error(synthetic_dataset: Path, tmp_path: Path) -> None:
     shutil.copytree(synthetic_dataset, tmp_path / "ds")
-    chunk_file = next((tmp_path / "ds" / "shards" / "shard-00000.zarr" / "srtm").rglob("c/*/*/*/*/*"))
-    payload = bytearray(chunk_file.read_bytes())
-    payload[-10] ^= 0xFF  # flip bits in the shard index
-    chunk_file.write_bytes(bytes(payload))
+    damage_zarr_shard_index(tmp_path / "ds", "shard-00000.zarr", "srtm")
     with pytest.raises(ValueError, match="shard index .* is damaged"):
         DatasetReader(tmp_path / "ds")[0]
 

@@ -27,7 +27,7 @@ from spacenit.data.stats import (
     load_stats,
 )  # fmt: skip
 from spacenit.sensors import SENTINEL, WORLDCOVER
-from tests.rasters import write_tif
+from tests.rasters import damage_zarr_shard_index, write_tif
 
 
 def band_values(array: np.ndarray) -> np.ndarray:
@@ -261,10 +261,7 @@ def test_a_damaged_shard_fails_stats_naming_it_and_closes_the_others(synthetic_d
     # The read-ahead threads hand a failed read to the reducer, which raises it; every
     # shard opened so far is closed (no file descriptor left behind).
     shutil.copytree(synthetic_dataset, tmp_path / "ds")
-    chunk_file = next((tmp_path / "ds" / "shards" / "shard-00001.zarr" / "srtm").rglob("c/*/*/*/*/*"))
-    payload = bytearray(chunk_file.read_bytes())
-    payload[-10] ^= 0xFF  # flip bits in the shard index
-    chunk_file.write_bytes(bytes(payload))
+    damage_zarr_shard_index(tmp_path / "ds", "shard-00001.zarr", "srtm")
     fds_before = len(os.listdir("/proc/self/fd"))
     with pytest.raises(ValueError, match=r"shard index of .*shard-00001\.zarr/srtm.* is damaged"):
         compute_stats(tmp_path / "ds", tmp_path / "stats.json", progress=False)
