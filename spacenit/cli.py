@@ -21,7 +21,7 @@ EXAMPLES = {
   spacenit convert ../shared/data/eurosat_ms eurosat --layout class_folders --sensor sentinel2_l1c --workers 2
   spacenit convert data/ ds --manifest data/manifest.csv --storage hdf5 --assume-crs EPSG:32632
   spacenit convert data/ part-0 --partition 0/4      # then merge the 4 parts (merge_datasets)
-  spacenit convert scenes/ tiles --layout class_folders --sensor landsat8 --gsd-m 30 --tile-scenes
+  spacenit convert scenes/ tiles --layout class_folders --sensor landsat_sr --gsd-m 30 --tile-scenes
 
 input layouts:
   samples        <root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif, or .../<YYYY-MM-DD>/<band>.tif
