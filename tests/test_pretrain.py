@@ -304,7 +304,11 @@ def test_training_survives_the_tracking_server_going_away(synthetic_dataset: Pat
         network.stop()  # the tracking server disappears mid-run
         while local.read_text().count("\n") < 5 and trainer.poll() is None:
             time.sleep(0.05)  # training goes on without it
-        time.sleep(2)
+        # The outage lasts until the trainer has noticed it (it may have sent nothing during
+        # the steps above; at the latest its final flush retries): a fixed wait raced that.
+        noticed = time.monotonic() + 120
+        while "unreachable" not in (tmp_path / "train.log").read_text() and time.monotonic() < noticed:
+            time.sleep(0.1)
         network.start()  # and comes back
         assert trainer.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
         text = (tmp_path / "train.log").read_text()
