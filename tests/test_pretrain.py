@@ -255,6 +255,10 @@ class Outage:
         threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
 
     def stop(self) -> None:
+        # close() alone leaves a thread blocked in accept() listening on Linux, so one more
+        # connection slipped through and kept the "outage" serving; shutdown() wakes it.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         for c in self.conns:
             with contextlib.suppress(OSError):
