@@ -1,10 +1,17 @@
-"""Augmentations: D4 symmetries shared by co-registered sensors, CutMix boxes, SensorDropout."""
+"""Augmentations: D4 symmetries shared by co-registered sensors, CutMix boxes, SensorDropout, two-view crops."""
 
 from __future__ import annotations
 
 import torch
 
-from spacenit.data.augmentations import AugmentConfig, cutmix, dihedral, sensor_dropout
+from spacenit.data.augmentations import (
+    AugmentConfig,
+    augmented_view,
+    cutmix,
+    dihedral,
+    random_resized_crop,
+    sensor_dropout,
+)
 from spacenit.sensors import SENTINEL
 
 
@@ -63,3 +70,63 @@ def test_augment_config_is_deterministic_per_generator() -> None:
     a = cfg.apply_after_crop(cfg.apply(batch(), torch.Generator().manual_seed(5)), torch.Generator().manual_seed(6))
     b = cfg.apply_after_crop(cfg.apply(batch(), torch.Generator().manual_seed(5)), torch.Generator().manual_seed(6))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- views for two-view objectives
+
+
+def ramps(B: int, px: int, pixel_m: float) -> torch.Tensor:
+    """(B, 1, 2, px, px): band 0 is the map x of each pixel's centre, band 1 its map y."""
+    centres = (torch.arange(px, dtype=torch.float32) + 0.5) * pixel_m
+    x = centres.expand(px, px)
+    return torch.stack((x, x.T)).expand(B, 1, 2, px, px).clone()
+
+
+def test_random_resized_crop_at_full_scale_is_the_identity() -> None:
+    images = batch()
+    out = random_resized_crop(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0))
+    torch.testing.assert_close(out["s2"], images["s2"], atol=1e-5, rtol=0)
+    assert torch.equal(out["era5"], images["era5"]), "non-spatial sensors pass through"
+
+
+def test_random_resized_crop_zooms_one_square_box_shared_by_co_registered_sensors() -> None:
+    # The same 320 m tile at 10 m (32 px) and 20 m (16 px). Bilinear resampling of a linear
+    # ramp is exact, so each view's ramp slope is the box side and its centre the box centre.
+    fine, coarse = ramps(6, 32, 10.0), ramps(6, 16, 20.0)
+    out = random_resized_crop({"fine": fine, "coarse": coarse}, torch.Generator().manual_seed(3), scale=(0.25, 0.5))
+    f, c = out["fine"][:, 0], out["coarse"][:, 0]  # (B, 2, H, W)
+    slope_x = (f[:, 0, :, 1:] - f[:, 0, :, :-1]) / 10.0  # map metres per output metre: the box side
+    slope_y = (f[:, 1, 1:, :] - f[:, 1, :-1, :]) / 10.0
+    side = slope_x[:, 0, 0]
+    assert ((side >= 0.5 - 1e-4) & (side <= 0.5**0.5 + 1e-4)).all(), "area fraction in [0.25, 0.5]"
+    assert len(set(side.round(decimals=4).tolist())) > 1, "every sample draws its own box"
+    torch.testing.assert_close(slope_x, side[:, None, None].expand_as(slope_x), atol=1e-3, rtol=0)
+    torch.testing.assert_close(slope_y, side[:, None, None].expand_as(slope_y), atol=1e-3, rtol=0)
+    # The central half of each view shows the same map area at both resolutions.
+    torch.testing.assert_close(f[:, :, 8:24, 8:24].mean((-2, -1)), c[:, :, 4:12, 4:12].mean((-2, -1)), atol=1e-3, rtol=0)
+    assert (f.amin((-3, -2, -1)) >= 5.0 - 1e-4).all() and (f.amax((-3, -2, -1)) <= 315.0 + 1e-4).all(), "box inside the tile"
+
+
+def test_random_resized_crop_keeps_missing_data_missing_and_never_blends_the_sentinel() -> None:
+    x = ramps(8, 16, 1.0)
+    x[..., :, :8] = SENTINEL  # the western half has no data
+    out = random_resized_crop({"s2": x}, torch.Generator().manual_seed(0), scale=(0.25, 1.0))["s2"]
+    values = out[out != SENTINEL]
+    assert values.numel() > 0 and (values >= 0).all() and (values <= 16).all(), "no sentinel leaks into a value"
+    fraction = (out == SENTINEL).float().mean().item()
+    assert 0.2 < fraction < 0.8, f"missing share of the views {fraction:.2f}"
+    # Where a view's pixel maps well inside the data (map x > 9 px), it has a value.
+    east = (out[:, :, 0] != SENTINEL) & (out[:, :, 0] > 9)
+    assert east.any() and (out[:, :, 1][east] != SENTINEL).all()
+    again = random_resized_crop({"s2": x}, torch.Generator().manual_seed(0), scale=(0.25, 1.0))["s2"]
+    assert torch.equal(out, again), "the generator fixes every view"
+
+
+def test_augmented_view_turns_square_tiles_only() -> None:
+    g = torch.Generator().manual_seed(0)
+    view = augmented_view(batch(B=16), g, scale=(1.0, 1.0))
+    images = batch(B=16)
+    turned = sum(not torch.allclose(view["s2"][b], images["s2"][b], atol=1e-5) for b in range(16))
+    assert turned > 8, "most of 16 samples get a non-identity symmetry"
+    tall = {"s2": torch.randn(2, 1, 3, 8, 4)}
+    torch.testing.assert_close(augmented_view(tall, g, scale=(1.0, 1.0))["s2"], tall["s2"], atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from spacenit.arch.models import create_model
 from spacenit.config import ConfigError
+from spacenit.data.augmentations import augmented_view
 from spacenit.data.masking import MaskingConfig
 from spacenit.sensors import LANDSAT, SENTINEL, SENTINEL1, SENTINEL2_L2A, SRTM
 from spacenit.train import losses
@@ -88,7 +89,7 @@ def test_info_nce_uniformity_and_reconstruction() -> None:
 # ---------------------------------------------------------------- objectives
 
 
-@pytest.mark.parametrize("name", ["latent_prediction", "autoencoder", "dual_branch"])
+@pytest.mark.parametrize("name", ["latent_prediction", "autoencoder", "dual_branch", "view_contrast"])
 @pytest.mark.parametrize("variant", ["default", "masked_negatives", "pixio"])
 def test_objectives_train_every_parameter_they_own(name: str, variant: str) -> None:
     extra = {"masked_negatives": {"latent_loss": "patch_discrimination", "same_target_threshold": 0.999},
@@ -102,8 +103,31 @@ def test_objectives_train_every_parameter_they_own(name: str, variant: str) -> N
     assert missing == [], f"parameters without gradient (DDP would hang on them): {missing}"
     if name != "autoencoder":
         assert {"latent_loss", "contrastive_loss"} <= set(out) and not any(p.requires_grad for p in module.target_encoder.parameters())
-    if name != "latent_prediction":
+    if name in ("autoencoder", "dual_branch"):
         assert "reconstruction_loss" in out
+    if name == "view_contrast":
+        assert out["view_loss"] > 0
+
+
+def test_view_contrast_alone_trains_the_encoder_through_the_pooled_views_only() -> None:
+    model = tiny()
+    module = ObjectiveConfig(name="view_contrast", latent_weight=0.0).build(model, MaskingConfig().build(), total_steps=10)
+    target_before = [p.clone() for p in module.target_encoder.parameters()]
+    out = module(batch(), 4, torch.Generator().manual_seed(0), 0)
+    assert set(out) == {"view_loss", "loss", "tokens"} and torch.equal(out["loss"], out["view_loss"])
+    out["loss"].backward()
+    assert not any(p.requires_grad for p in model.predictor.parameters()), "an untrained predictor would hang DDP"
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    module.after_optimizer_step()
+    assert all(torch.equal(a, b) for a, b in zip(target_before, module.target_encoder.parameters(), strict=True))
+    # The loss is the InfoNCE of the projected views as `embed` pools them (the views redrawn from the same seed).
+    b, g = batch(), torch.Generator().manual_seed(0)
+    views = [augmented_view(b["images"], g, (0.25, 1.0)) for _ in range(2)]
+    with torch.no_grad():
+        pooled = [module.projection(model.embed(v, b["months"], 4)) for v in views]
+        expected = losses.info_nce(*pooled, module.logit_scale)
+    torch.testing.assert_close(out["view_loss"].detach(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_pixio_class_tokens_are_the_encoders_registers_and_reach_the_decoder() -> None:
@@ -167,6 +191,9 @@ def test_unknown_objective_and_losses_fail_loudly() -> None:
         ObjectiveConfig(name="simclr").build(tiny(), None, total_steps=1)
     with pytest.raises(ConfigError, match="latent_loss"):
         ObjectiveConfig(latent_loss="cosine").build(tiny(), None, total_steps=1)
+    for scale in ([0.5], [0.0, 1.0], [0.8, 0.5], [0.5, 1.5]):
+        with pytest.raises(ConfigError, match="view_crop_scale"):
+            ObjectiveConfig(name="view_contrast", view_crop_scale=scale).build(tiny(), None, total_steps=1)
 
 
 # ---------------------------------------------------------------- named experiments

@@ -1,4 +1,4 @@
-"""Batch augmentations (spec section 3.3): D4 dihedral, CutMix, SensorDropout.
+"""Batch augmentations (spec section 3.3): D4 dihedral, CutMix, SensorDropout; random resized crops.
 
 They act on a micro-batch `images: {sensor: (B, T, C, H, W) or (B, T, C)}`
 of standardized values with the sentinel where data is missing, and draw
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from spacenit.config import Config
 from spacenit.sensors import SENTINEL
@@ -83,6 +84,52 @@ def sensor_dropout(images: dict[str, torch.Tensor], generator: torch.Generator, 
             x[drop[:, s]] = SENTINEL
         out[name] = x
     return out
+
+
+def random_resized_crop(images: dict[str, torch.Tensor], generator: torch.Generator,
+                        scale: tuple[float, float] = (0.25, 1.0)) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per sample, a random square box covering a fraction in `scale` of the tile's area, resized
+    back to the tile's size (bilinear): the "view" of SimCLR-style objectives.
+
+    The box is the same, in map units, for every spatial sensor and timestep of a sample, so
+    co-registered sensors stay aligned whatever their resolution. An output pixel is the
+    weighted mean of its valid (non-sentinel) neighbours, and missing when most of its
+    weight falls on missing data; non-spatial sensors pass through.
+    """
+    spatial = {k: v for k, v in images.items() if v.ndim == 5}
+    if not spatial:
+        return images
+    B = next(iter(spatial.values())).shape[0]
+    low, high = scale
+    side = (low + (high - low) * torch.rand(B, generator=generator)).sqrt()  # box side / tile side
+    # Box centre in normalized coordinates, anywhere that keeps the box inside the tile.
+    centre = (torch.rand(B, 2, generator=generator) * 2 - 1) * (1 - side)[:, None]
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = side, side, centre
+    out = dict(images)
+    for name, x in spatial.items():  # (B, T, C, H, W)
+        _, T, C, H, W = x.shape
+        flat = x.reshape(B, T * C, H, W)
+        missing = flat == SENTINEL
+        grid = F.affine_grid(theta.to(device=x.device, dtype=torch.float32), [B, T * C, H, W], align_corners=False)
+        sample = dict(mode="bilinear", padding_mode="border", align_corners=False)
+        values = F.grid_sample(flat.float().masked_fill(missing, 0.0), grid, **sample)
+        valid_weight = F.grid_sample((~missing).float(), grid, **sample)
+        # The mean of the valid neighbours; missing where most of the weight falls on missing data.
+        values = (values / valid_weight.clamp_min(1e-6)).masked_fill(valid_weight < 0.5, SENTINEL)
+        out[name] = values.to(x.dtype).reshape(B, T, C, H, W)
+    return out
+
+
+def augmented_view(images: dict[str, torch.Tensor], generator: torch.Generator,
+                   scale: tuple[float, float] = (0.25, 1.0)) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One view for a two-view objective: a random resized crop, then a random D4 symmetry
+    (square tiles only; other tiles keep their orientation)."""
+    view = random_resized_crop(images, generator, scale)
+    spatial = [v for v in view.values() if v.ndim == 5]
+    if spatial and all(v.shape[-1] == v.shape[-2] for v in spatial):
+        view = dihedral(view, generator)
+    return view
 
 
 @dataclass

@@ -15,7 +15,7 @@ way on 1 rank or N, and after a resume.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -37,7 +37,8 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 class ObjectiveConfig(Config):
     """Which objective, and the weights and settings of its losses."""
 
-    #: latent_prediction (EMA target, spec "LatentPredictor"), autoencoder (pixels), dual_branch (both).
+    #: latent_prediction (EMA target, spec "LatentPredictor"), autoencoder (pixels), dual_branch (both),
+    #: view_contrast (InfoNCE between two augmented views, optionally with latent prediction).
     name: str = "latent_prediction"
     # --- latent prediction
     #: "smooth_l1" (regress layer-normed target latents) or "patch_discrimination" (contrast them).
@@ -62,6 +63,11 @@ class ObjectiveConfig(Config):
     #: Gaussian-potential uniformity of the online projections; 0 = off.
     uniformity_weight: float = 0.1
     uniformity_t: float = 2.0
+    # --- two-view contrast (view_contrast)
+    #: InfoNCE between the pooled embeddings of two augmented views of each sample.
+    view_weight: float = 1.0
+    #: Each view is a random resized crop covering this range of fractions of the tile's area.
+    view_crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     # --- pixel reconstruction
     #: "mse", "l1" or "smooth_l1" on the pixels of predicted patches.
     reconstruction_loss: str = "mse"
@@ -76,12 +82,17 @@ class ObjectiveConfig(Config):
         from spacenit.train.autoencoder import AutoEncoder
         from spacenit.train.dual_branch import DualBranch
         from spacenit.train.objectives import LatentPrediction
+        from spacenit.train.view_contrast import ViewContrast
 
-        objectives = {"latent_prediction": LatentPrediction, "autoencoder": AutoEncoder, "dual_branch": DualBranch}
+        objectives = {"latent_prediction": LatentPrediction, "autoencoder": AutoEncoder, "dual_branch": DualBranch,
+                      "view_contrast": ViewContrast}  # fmt: skip
         if self.name not in objectives:
             raise ConfigError(f"unknown objective {self.name!r}; choose one of {sorted(objectives)}")
         if self.latent_loss not in ("smooth_l1", "patch_discrimination"):
             raise ConfigError(f"objective.latent_loss must be smooth_l1 or patch_discrimination, got {self.latent_loss!r}")
+        scale = self.view_crop_scale
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ConfigError(f"objective.view_crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.view_crop_scale}")
         return objectives[self.name](model, self, masking, total_steps=total_steps)
 
 

@@ -66,20 +66,24 @@ class LatentPrediction(TrainModule):
         self.ema_warmup_steps = config.ema_warmup_steps or total_steps
         # Persisted so a resumed run continues the momentum schedule where it stopped.
         self.register_buffer("ema_step", torch.zeros((), dtype=torch.long))
-        dim = model.config.dim
         self.projection = None
         if config.contrastive_weight > 0 or config.uniformity_weight > 0:
-            self.projection = ProjectionHead(dim, dim, config.projection_dim, normalize=True)
-            # CLIP-style log inverse temperature; exp() of it multiplies the cosine similarities.
-            # Shape (1,), not a scalar: FSDP2 cannot shard 0-d parameters.
-            scale = torch.tensor([math.log(1.0 / config.contrastive_temperature)])
-            self.logit_scale = nn.Parameter(scale, requires_grad=config.learn_temperature)
+            self.build_projection()
         sensor_names = [s.name for s in model.sensors]
         masked = config.mask_negatives_for_sensors
         self.register_buffer(
             "masked_negative_sensors", torch.tensor([masked is None or s in masked for s in sensor_names]), persistent=False
         )
         self._sensor_index = {s: i for i, s in enumerate(sensor_names)}
+
+    def build_projection(self) -> None:
+        """The projection head of the pooled InfoNCE and uniformity terms, and its temperature."""
+        c = self.config
+        self.projection = ProjectionHead(self.model.config.dim, self.model.config.dim, c.projection_dim, normalize=True)
+        # CLIP-style log inverse temperature; exp() of it multiplies the cosine similarities.
+        # Shape (1,), not a scalar: FSDP2 cannot shard 0-d parameters.
+        scale = torch.tensor([math.log(1.0 / c.contrastive_temperature)])
+        self.logit_scale = nn.Parameter(scale, requires_grad=c.learn_temperature)
 
     def forward(self, batch: dict, patch_size: int, generator: torch.Generator, step: int = 0) -> dict[str, torch.Tensor]:
         images, months = batch["images"], batch["months"]
