@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from spacenit.conversion.convert import convert
-from spacenit.data.shards import DatasetReader
+from spacenit.data import stats as stats_module
+from spacenit.data.shards import DatasetReader, Shard
 from spacenit.data.standardizer import Standardizer
 from spacenit.data.stats import (
     HISTOGRAM_STRIDE,
@@ -23,6 +24,8 @@ from spacenit.data.stats import (
     SensorAccumulator,
     SensorStats,
     StatsError,
+    _selections,
+    _shard_tasks,
     compute_stats,
     load_stats,
 )  # fmt: skip
@@ -267,3 +270,23 @@ def test_a_damaged_shard_fails_stats_naming_it_and_closes_the_others(synthetic_d
         compute_stats(tmp_path / "ds", tmp_path / "stats.json", progress=False)
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert not (tmp_path / "stats.json").exists()
+
+
+def test_batches_cover_each_shard_in_order_and_a_one_batch_shard_is_split(synthetic_dataset: Path, monkeypatch) -> None:
+    reader = DatasetReader(synthetic_dataset)
+    task = _shard_tasks(reader, np.arange(len(reader)))[0]
+    shard = Shard(task.path, task.storage)
+    try:
+
+        def rows_of(selections) -> list[int]:
+            return [r for s in selections for r in (range(s.start, s.stop) if isinstance(s, slice) else s)]
+
+        row_bytes = sum(int(np.prod(shard.shape(name)[1:])) * 4 for name, _ in task.sensors)
+        monkeypatch.setattr(stats_module, "MIN_BATCH_BYTES", 1)
+        whole = _selections(task, shard)  # the shard fits in one BATCH_BYTES batch: halved to overlap read and reduce
+        assert len(task.rows) >= 2 and len(whole) == 2 and rows_of(whole) == list(task.rows)
+        monkeypatch.setattr(stats_module, "BATCH_BYTES", 2 * row_bytes)
+        pairs = _selections(task, shard)
+        assert [len(rows_of([s])) for s in pairs][:-1] == [2] * (len(pairs) - 1) and rows_of(pairs) == list(task.rows)
+    finally:
+        shard.close()

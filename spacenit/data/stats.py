@@ -43,6 +43,9 @@ STATS_VERSION = 2
 PERCENTILES = (1.0, 2.0, 50.0, 98.0, 99.0)
 #: Bytes of float32 samples read and reduced at once; bounds memory for large tiles.
 BATCH_BYTES = 8 * 2**20
+#: Smaller batches, down to MIN_BATCH_BYTES, so that a shard has at least MIN_BATCHES (see _selections).
+MIN_BATCH_BYTES = 2**20
+MIN_BATCHES = 2
 _NUM_BUCKETS = 1 << 16
 #: Every how many values along a row the percentile histogram counts (see FloatHistogram).
 HISTOGRAM_STRIDE = 4
@@ -279,10 +282,19 @@ class _ShardTask:
 
 
 def _selections(task: _ShardTask, shard: Shard) -> list[slice | list[int]]:
-    """The rows of one shard in batches of about BATCH_BYTES: a slice where they are contiguous."""
-    bytes_per_row = sum(int(np.prod(shard.shape(name)[1:])) * 4 for name, _ in task.sensors)
-    size = max(1, BATCH_BYTES // max(bytes_per_row, 1))
+    """The rows of one shard in batches: a slice where they are contiguous.
+
+    A batch holds about BATCH_BYTES, or less when that would leave the shard fewer than
+    MIN_BATCHES batches (but at least MIN_BATCH_BYTES or one row): reading overlaps
+    reducing only from the second batch on, so a shard that fits in one batch (two
+    whole Landsat scenes) would be read and then reduced, one after the other.
+    Splitting further did not pay on Zarr: 8 batches made EuroSAT's stats / read
+    1.37 instead of 1.26.
+    """
+    bytes_per_row = max(sum(int(np.prod(shard.shape(name)[1:])) * 4 for name, _ in task.sensors), 1)
     rows = list(task.rows)
+    spread = max(MIN_BATCH_BYTES // bytes_per_row, -(-len(rows) // MIN_BATCHES))
+    size = max(1, min(BATCH_BYTES // bytes_per_row, spread))
     out = []
     for start in range(0, len(rows), size):
         batch = rows[start : start + size]
