@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spacenit.data.augmentations import (
@@ -9,6 +10,7 @@ from spacenit.data.augmentations import (
     augmented_view,
     cutmix,
     dihedral,
+    random_crop,
     random_resized_crop,
     sensor_dropout,
 )
@@ -130,3 +132,24 @@ def test_augmented_view_turns_square_tiles_only() -> None:
     assert turned > 8, "most of 16 samples get a non-identity symmetry"
     tall = {"s2": torch.randn(2, 1, 3, 8, 4)}
     torch.testing.assert_close(augmented_view(tall, g, scale=(1.0, 1.0))["s2"], tall["s2"], atol=1e-5, rtol=0)
+
+
+def test_random_crop_keeps_native_pixels_in_one_box_per_sample_shared_by_sensors() -> None:
+    images = batch(B=8, px=32)
+    g = torch.Generator().manual_seed(2)
+    out = random_crop(images, g, scale=(0.2, 0.3), multiple=8)
+    side = out["s2"].shape[-1]
+    assert out["s2"].shape == (8, 2, 3, side, side) and side == 16, "sqrt(0.2..0.3) x 32 px, in whole patches of 8"
+    assert torch.equal(out["era5"], images["era5"])
+    boxes = set()
+    for b in range(8):  # each view is an exact sub-array of its own sample, the same box in every sensor
+        windows = images["s2"][b].unfold(-2, side, 1).unfold(-2, side, 1)  # (T, C, nh, nw, side, side)
+        hits = (windows == out["s2"][b][:, :, None, None]).all(-1).all(-1).all(0).all(0).nonzero().tolist()
+        assert len(hits) >= 1
+        top, left = hits[0]
+        torch.testing.assert_close(out["s1"][b], images["s1"][b][..., top : top + side, left : left + side], rtol=0, atol=0)
+        boxes.add((top, left))
+    assert len(boxes) > 1, "every sample draws its own position"
+    assert random_crop(images, g, scale=(1.0, 1.0), multiple=5)["s2"].shape[-1] == 30, "never beyond the tile"
+    with pytest.raises(ValueError, match="one pixel grid"):
+        random_crop({"s2": torch.zeros(1, 1, 1, 8, 8), "s1": torch.zeros(1, 1, 1, 4, 4)}, g, multiple=2)

@@ -129,6 +129,13 @@ def test_view_contrast_alone_trains_the_encoder_through_the_pooled_views_only() 
         expected = losses.info_nce(*pooled, module.logit_scale)
     torch.testing.assert_close(out["view_loss"].detach(), expected, rtol=1e-5, atol=1e-6)
 
+    # Native-resolution views: fewer tokens than the whole tile, the loss still from the pooled views.
+    native = ObjectiveConfig(name="view_contrast", latent_weight=0.0, view_resize=False, view_crop_scale=[0.2, 0.3]).build(
+        tiny(), MaskingConfig().build(), total_steps=10)  # fmt: skip
+    out = native(b, 4, torch.Generator().manual_seed(0), 0)
+    whole_tile = 2 * (~native.model.encoder.tokenizer(b["images"], b["months"], 4).absent).sum()
+    assert 0 < out["tokens"] < whole_tile / 2 and torch.isfinite(out["view_loss"])
+
 
 def test_pixio_class_tokens_are_the_encoders_registers_and_reach_the_decoder() -> None:
     with pytest.raises(ConfigError, match="model.num_registers"):

@@ -121,11 +121,40 @@ def random_resized_crop(images: dict[str, torch.Tensor], generator: torch.Genera
     return out
 
 
+def random_crop(images: dict[str, torch.Tensor], generator: torch.Generator, scale: tuple[float, float] = (0.25, 1.0),
+                multiple: int = 1) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A random square crop at the native resolution: one side for the whole batch (a multiple
+    of `multiple`, e.g. the patch size, covering about a fraction in `scale` of the tile's area),
+    a random position per sample. The spatial sensors share one pixel grid (as the tokenizer
+    requires) and one box; non-spatial sensors pass through.
+    """
+    spatial = {k: v for k, v in images.items() if v.ndim == 5}
+    if not spatial:
+        return images
+    first = next(iter(spatial.values()))
+    B, H, W = first.shape[0], first.shape[-2], first.shape[-1]
+    low, high = scale
+    fraction = low + (high - low) * float(torch.rand((), generator=generator))
+    largest = min(H, W) // multiple * multiple
+    side = min(max(multiple, round(fraction**0.5 * min(H, W) / multiple) * multiple), largest)
+    tops = torch.randint(H - side + 1, (B,), generator=generator).tolist()
+    lefts = torch.randint(W - side + 1, (B,), generator=generator).tolist()
+    out = dict(images)
+    for name, x in spatial.items():
+        if x.shape[-2:] != (H, W):
+            raise ValueError(f"random_crop needs the spatial sensors on one pixel grid; {name} is {tuple(x.shape[-2:])}, not {(H, W)}")
+        boxes = enumerate(zip(tops, lefts, strict=True))
+        out[name] = torch.stack([x[b, ..., top : top + side, left : left + side] for b, (top, left) in boxes])
+    return out
+
+
 def augmented_view(images: dict[str, torch.Tensor], generator: torch.Generator,
-                   scale: tuple[float, float] = (0.25, 1.0)) -> dict[str, torch.Tensor]:  # fmt: skip
-    """One view for a two-view objective: a random resized crop, then a random D4 symmetry
-    (square tiles only; other tiles keep their orientation)."""
-    view = random_resized_crop(images, generator, scale)
+                   scale: tuple[float, float] = (0.25, 1.0), *, resize: bool = True,
+                   multiple: int = 1) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One view for a two-view objective: a random crop, resized back to the tile's size
+    (`resize`) or kept at the native resolution with a side that is a multiple of `multiple`,
+    then a random D4 symmetry (square views only; others keep their orientation)."""
+    view = random_resized_crop(images, generator, scale) if resize else random_crop(images, generator, scale, multiple)
     spatial = [v for v in view.values() if v.ndim == 5]
     if spatial and all(v.shape[-1] == v.shape[-2] for v in spatial):
         view = dihedral(view, generator)

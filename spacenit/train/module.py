@@ -68,6 +68,9 @@ class ObjectiveConfig(Config):
     view_weight: float = 1.0
     #: Each view is a random resized crop covering this range of fractions of the tile's area.
     view_crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    #: Resize each crop back to the tile's size (SimCLR); false keeps the native resolution, the
+    #: one `embed` sees, with a side that is a multiple of the patch size (and fewer tokens).
+    view_resize: bool = True
     # --- pixel reconstruction
     #: "mse", "l1" or "smooth_l1" on the pixels of predicted patches.
     reconstruction_loss: str = "mse"

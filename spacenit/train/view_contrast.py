@@ -3,8 +3,10 @@
 Masked views of one tile share their pixels, so telling samples apart from
 them needs no class-level feature (docs/evaluation.md: a tenfold contrastive
 weight drove that InfoNCE to 0.02 and the kNN probe nowhere). Here the two
-views are different pixels: each is a random resized crop of the tile
-(`objective.view_crop_scale` of its area) under a random D4 symmetry. Both
+views are different pixels: each is a random crop of the tile
+(`objective.view_crop_scale` of its area), resized to the tile's size or
+(`objective.view_resize=false`) kept at the native resolution, under a
+random D4 symmetry. Both
 are encoded whole by the online encoder, mean-pooled exactly as `embed`
 pools, projected, and pulled together by a symmetric InfoNCE against the
 other samples of the micro-batch; so the pooled embedding itself learns
@@ -47,7 +49,7 @@ class ViewContrast(LatentPrediction):
         c, encoder = self.config, self.model.encoder
         scale = tuple(c.view_crop_scale)
         months, gsd_m = batch["months"], batch.get("gsd_m")
-        views = [augmented_view(batch["images"], generator, scale) for _ in range(2)]
+        views = [augmented_view(batch["images"], generator, scale, resize=c.view_resize, multiple=patch_size) for _ in range(2)]
         pooled, tokens = [], 0
         for images in views:
             tok = encoder.tokenizer(images, months, patch_size, gsd_m)
