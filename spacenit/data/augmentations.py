@@ -1,4 +1,4 @@
-"""Batch augmentations (spec section 3.3): D4 dihedral, CutMix, SensorDropout; random resized crops.
+"""Batch augmentations (spec section 3.3): D4 dihedral, CutMix, SensorDropout; crops for two-view objectives.
 
 They act on a micro-batch `images: {sensor: (B, T, C, H, W) or (B, T, C)}`
 of standardized values with the sentinel where data is missing, and draw

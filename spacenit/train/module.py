@@ -66,7 +66,7 @@ class ObjectiveConfig(Config):
     # --- two-view contrast (view_contrast)
     #: InfoNCE between the pooled embeddings of two augmented views of each sample.
     view_weight: float = 1.0
-    #: Each view is a random resized crop covering this range of fractions of the tile's area.
+    #: Each view is a random crop covering this range of fractions of the tile's area.
     view_crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     #: Resize each crop back to the tile's size (SimCLR); false keeps the native resolution, the
     #: one `embed` sees, with a side that is a multiple of the patch size (and fewer tokens).

@@ -6,15 +6,15 @@ weight drove that InfoNCE to 0.02 and the kNN probe nowhere). Here the two
 views are different pixels: each is a random crop of the tile
 (`objective.view_crop_scale` of its area), resized to the tile's size or
 (`objective.view_resize=false`) kept at the native resolution, under a
-random D4 symmetry. Both
-are encoded whole by the online encoder, mean-pooled exactly as `embed`
-pools, projected, and pulled together by a symmetric InfoNCE against the
-other samples of the micro-batch; so the pooled embedding itself learns
-what survives cropping and rotation.
+random D4 symmetry. Both are encoded whole by the online encoder,
+mean-pooled exactly as `embed` pools, projected, and pulled together by a
+symmetric InfoNCE against the other samples of the micro-batch; so the
+pooled embedding itself learns what survives cropping and rotation.
 
 With `objective.latent_weight` > 0 the first view is also masked and its
 hidden tokens predicted from the EMA target encoder's latents
-(`LatentPrediction`); with 0 the EMA target is never run.
+(`LatentPrediction`), reusing that view's tokens; with 0 the EMA target
+is never run.
 
     objective.name=view_contrast objective.view_weight=1.0 objective.latent_weight=0
 """
@@ -50,9 +50,9 @@ class ViewContrast(LatentPrediction):
         scale = tuple(c.view_crop_scale)
         months, gsd_m = batch["months"], batch.get("gsd_m")
         views = [augmented_view(batch["images"], generator, scale, resize=c.view_resize, multiple=patch_size) for _ in range(2)]
-        pooled, tokens = [], 0
+        pooled, toks, tokens = [], [], 0
         for images in views:
-            tok = encoder.tokenizer(images, months, patch_size, gsd_m)
+            toks.append(tok := encoder.tokenizer(images, months, patch_size, gsd_m))
             encoded, keep, _ = encoder.encode(tok)
             pooled.append(mean_pool(encoded, keep))  # (B, D), as `embed` pools
             tokens = tokens + keep.sum().float()
@@ -60,8 +60,7 @@ class ViewContrast(LatentPrediction):
         contrast = losses.info_nce(self.projection(pooled[0]), self.projection(pooled[1]), scale_param)
         out = {"view_loss": contrast, "loss": c.view_weight * contrast, "tokens": tokens}
         if c.latent_weight > 0:
-            view = {**batch, "images": views[0]}
-            tok = encoder.tokenizer(views[0], months, patch_size, gsd_m)
+            view, tok = {**batch, "images": views[0]}, toks[0]
             visible, predict = self.mask(tok, generator, step)
             encoded, _, encoded_layout = encoder.encode(tok, visible)
             latent = self.latent_terms(view, tok, encoded, encoded_layout, visible, predict, patch_size)
