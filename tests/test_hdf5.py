@@ -1,4 +1,4 @@
-"""Shard storage: HDF5 holds what Zarr holds, through one reader; zstd, one chunk per sample; fast Zarr reads."""
+"""Shard storage: HDF5 holds what Zarr holds, through one reader; blosc-lz4, one chunk per sample; fast Zarr reads."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import h5py
+import hdf5plugin
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import BloscCodec
 
 from spacenit.conversion.convert import convert
 from spacenit.data.format import load_dataset_info
@@ -19,8 +21,10 @@ from spacenit.data.stats import compute_stats
 from spacenit.sensors import SENTINEL
 from tests.rasters import damage_zarr_shard_index
 
-#: HDF5 filter id of zstd, as registered by hdf5plugin.
-ZSTD_FILTER_ID = 32015
+#: HDF5 filter id of blosc, as registered by hdf5plugin, and its parameters (clevel, shuffle, compressor) for
+#: level 5, bit shuffle (2), lz4 (1).
+BLOSC_FILTER_ID = 32001
+BLOSC_LZ4_BITSHUFFLE = (5, 2, 1)
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +46,15 @@ def test_hdf5_holds_what_zarr_holds(hdf5_dataset: Path, synthetic_dataset: Path)
             np.testing.assert_array_equal(a.data[sensor], array)
 
 
-def test_hdf5_shards_are_zstd_compressed_one_chunk_per_sample(hdf5_dataset: Path) -> None:
+def test_hdf5_shards_are_lz4_bitshuffle_compressed_one_chunk_per_sample(hdf5_dataset: Path) -> None:
     info = load_dataset_info(hdf5_dataset)
     with h5py.File(hdf5_dataset / "shards" / "shard-00000.h5", "r") as f:
         for sensor in info.sensors:
             dset = f[sensor]
             assert dset.dtype == np.float32 and dset.chunks == (1, *dset.shape[1:])
             plist = dset.id.get_create_plist()
-            filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
-            assert ZSTD_FILTER_ID in filters
+            filters = {plist.get_filter(i)[0]: plist.get_filter(i)[2] for i in range(plist.get_nfilters())}
+            assert list(filters) == [BLOSC_FILTER_ID] and tuple(filters[BLOSC_FILTER_ID][4:7]) == BLOSC_LZ4_BITSHUFFLE
         assert json.loads(f.attrs["spacenit"])["fingerprint"]
 
 
@@ -107,6 +111,24 @@ def test_direct_zarr_sample_reads_equal_zarr_python(synthetic_dataset: Path, tmp
     plain = Shard(tmp_path / "plain.zarr", "zarr")
     assert plain._sample_reader("srtm") is None
     np.testing.assert_array_equal(plain.read("srtm", 1), np.arange(12, 24, dtype=np.float32).reshape(1, 1, 3, 4))
+
+
+def test_shards_of_the_first_format_2_codec_still_read(tmp_path: Path) -> None:
+    # The first format-2 writers compressed chunks with zstd-1 after a byte shuffle, in Zarr
+    # (through zarr-python) and in HDF5 (hdf5plugin): those shards read as before, Zarr ones
+    # through the direct path, whose blosc settings come from the array's metadata.
+    data = np.random.default_rng(8).normal(1000, 300, size=(3, 1, 4, 8, 8)).astype(np.float32)
+    group = zarr.open_group(store=str(tmp_path / "old.zarr"), mode="w", zarr_format=3)
+    group.create_array("sentinel2_l2a", shape=data.shape, chunks=(1, *data.shape[1:]), shards=data.shape, dtype="float32",
+                       compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), fill_value=SENTINEL)[...] = data  # fmt: skip
+    old = Shard(tmp_path / "old.zarr", "zarr")
+    assert old._sample_reader("sentinel2_l2a") is not None
+    np.testing.assert_array_equal(old.read("sentinel2_l2a", 2), data[2])
+    np.testing.assert_array_equal(old.read("sentinel2_l2a"), data)
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.attrs["spacenit"] = "{}"
+        f.create_dataset("sentinel2_l2a", data=data, chunks=(1, *data.shape[1:]), shuffle=True, **hdf5plugin.Zstd(clevel=1))
+    np.testing.assert_array_equal(Shard(tmp_path / "old.h5", "hdf5").read("sentinel2_l2a", [0, 2]), data[[0, 2]])
 
 
 def test_damaged_zarr_shard_index_is_an_error(synthetic_dataset: Path, tmp_path: Path) -> None:

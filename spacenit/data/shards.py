@@ -8,7 +8,7 @@ failures and input fingerprint). Two storages hold the same content
 
 * ``zarr`` (default): a Zarr v3 group per shard; the sharding codec packs the
   chunks of an array into one file, so a dataset is a handful of files.
-* ``hdf5``: one HDF5 file per shard, filters shuffle + zstd (hdf5plugin).
+* ``hdf5``: one HDF5 file per shard, the same blosc filter (hdf5plugin).
 
 `DatasetReader` serves both; it dispatches on `dataset.json`'s `storage`.
 Single Zarr samples are read straight from the shard index (`_ZarrSampleReader`).
@@ -40,12 +40,12 @@ from spacenit.sensors import SENTINEL
 SHARD_SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
 #: HDF5 attribute holding the shard's JSON attributes.
 HDF5_ATTRS = "spacenit"
-#: zstd level 1: on float32 imagery it compresses as well as level 3, about 1.5x faster.
-ZSTD_LEVEL = 1
-
-
-#: The chunk codec of every array `_write_zarr` creates (zarr's BloscCodec settles typesize 4 for float32).
-_ZARR_BLOSC = {"cname": "zstd", "clevel": ZSTD_LEVEL, "shuffle": "shuffle", "typesize": 4, "blocksize": 0}
+#: The chunk codec of every array SpaceNit writes (zarr's BloscCodec settles typesize 4 for float32):
+#: LZ4 after a bit shuffle. On the real chips in ../shared/data it stores within 5% of zstd-1 after
+#: a byte shuffle (the codec of the first format-2 writers, which readers still decode) and
+#: encodes 3-4x and decodes 1.5-2.7x faster (benchmarks/bench_codecs.py): conversion, stats and
+#: the training loader all decode or encode every sample on CPUs that are busy anyway.
+CHUNK_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "typesize": 4, "blocksize": 0}
 
 
 @dataclass
@@ -69,11 +69,11 @@ class EncodedRows:
 def encode_rows(data: np.ndarray) -> EncodedRows:
     """Compress `data` (N, ...) row by row as `_write_zarr` would."""
     data = np.ascontiguousarray(data, dtype=np.float32)
-    blosc = _blosc(_ZARR_BLOSC)
+    blosc = blosc_codec(CHUNK_BLOSC)
     return EncodedRows(tuple(data.shape), [blosc.encode(row) for row in data])
 
 
-def _blosc(config: dict) -> numcodecs.Blosc:
+def blosc_codec(config: dict) -> numcodecs.Blosc:
     """numcodecs' Blosc from a Zarr v3 blosc configuration: the codec zarr itself would use."""
     shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[config["shuffle"]]
     return numcodecs.Blosc(
@@ -129,7 +129,7 @@ def _write_zarr(path: Path, arrays: dict[str, np.ndarray | EncodedRows], attrs: 
             chunks=(1, *encoded.shape[1:]),  # one sample per chunk: a sample is one read
             shards=encoded.shape,  # all chunks of the shard in one file
             dtype="float32",
-            compressors=BloscCodec(cname="zstd", clevel=ZSTD_LEVEL, shuffle="shuffle"),
+            compressors=BloscCodec(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=CHUNK_BLOSC["shuffle"]),
             fill_value=SENTINEL,
         )
         _write_shard_file(arr, path / name, encoded)
@@ -145,7 +145,7 @@ def _write_shard_file(array: zarr.Array, array_dir: Path, encoded: EncodedRows) 
     of those pairs. A test reads what this writes back through zarr-python.
     """
     layout = _ShardLayout.of(array, array_dir)
-    if layout is None or layout.blosc != _ZARR_BLOSC:
+    if layout is None or layout.blosc != CHUNK_BLOSC:
         raise RuntimeError(f"zarr laid out {array_dir} unlike SpaceNit's shard format; check the zarr version")
     sizes = np.array([len(c) for c in encoded.chunks], dtype="<u8")
     index = np.stack([np.cumsum(sizes) - sizes, sizes], axis=1).astype("<u8").tobytes()
@@ -157,6 +157,9 @@ def _write_shard_file(array: zarr.Array, array_dir: Path, encoded: EncodedRows) 
         f.write(google_crc32c.value(index).to_bytes(4, "little"))
 
 
+_HDF5_SHUFFLE = {"noshuffle": hdf5plugin.Blosc.NOSHUFFLE, "shuffle": hdf5plugin.Blosc.SHUFFLE, "bitshuffle": hdf5plugin.Blosc.BITSHUFFLE}
+
+
 def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     with h5py.File(path, "w") as f:
         f.attrs[HDF5_ATTRS] = json.dumps(attrs)
@@ -166,9 +169,8 @@ def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
                 name,
                 data=data,
                 chunks=(1, *data.shape[1:]),
-                shuffle=True,
                 fillvalue=SENTINEL,
-                **hdf5plugin.Zstd(clevel=ZSTD_LEVEL),
+                **hdf5plugin.Blosc(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=_HDF5_SHUFFLE[CHUNK_BLOSC["shuffle"]]),
             )
 
 
@@ -230,7 +232,7 @@ class _ZarrSampleReader:
             os.close(self._fd)
             raise ValueError(f"the shard index of {path} is damaged (CRC32C mismatch)")
         self._index = np.frombuffer(tail[:-4], dtype="<u8").reshape(shape[0], 2)
-        self._blosc = _blosc(layout.blosc)
+        self._blosc = blosc_codec(layout.blosc)
 
     @classmethod
     def for_array(cls, array: zarr.Array, array_dir: Path) -> _ZarrSampleReader | None:
