@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score
 from sklearn.metrics import confusion_matrix as sk_confusion
 
-from spacenit.evaluation.bootstrap import bootstrap_metrics
+from spacenit.evaluation.bootstrap import bootstrap_metrics, paired_difference
 from spacenit.evaluation.errors import ProbeError
 from spacenit.evaluation.knn import knn_scores
 from spacenit.evaluation.metrics import (
@@ -67,6 +67,30 @@ def test_bootstrap_interval_agrees_with_the_normal_approximation() -> None:
     assert est.low == pytest.approx(acc - half, abs=0.25 * half) and est.high == pytest.approx(acc + half, abs=0.25 * half)
     again = bootstrap_metrics(y, scores, num_resamples=1000, seed=0)["accuracy"]
     assert again == est  # seeded
+
+
+def test_paired_difference_is_tight_where_separate_intervals_overlap() -> None:
+    # B repeats A's predictions except on 12 of 200 samples, where A is right and B wrong:
+    # separate intervals (each about +-0.07) overlap, the paired one is about 12/200 +- 0.03.
+    rng = np.random.default_rng(3)
+    n = 200
+    y = np.zeros(n, dtype=np.int64)
+    a_right = rng.random(n) < 0.6
+    b_right = a_right.copy()
+    b_right[np.flatnonzero(a_right)[:12]] = False
+    as_scores = lambda right: np.stack([right, ~right], axis=1).astype(np.float32)  # noqa: E731
+    a, b = as_scores(a_right), as_scores(b_right)
+    separate = [bootstrap_metrics(y, s, num_resamples=1000, seed=0)["accuracy"] for s in (a, b)]
+    assert separate[0].overlaps(separate[1])
+    diff = paired_difference(y, a, b, "accuracy", num_resamples=1000, seed=0)
+    assert diff.value == pytest.approx(12 / n)
+    half = 1.96 * math.sqrt((12 / n) * (1 - 12 / n) / n)  # the normal interval of a proportion of discordant pairs
+    assert diff.low == pytest.approx(12 / n - half, abs=0.3 * half) and diff.high == pytest.approx(12 / n + half, abs=0.3 * half)
+    assert diff.low > 0
+    same = paired_difference(y, a, a, "accuracy", num_resamples=200, seed=0)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same samples"):
+        paired_difference(y, a, b[:-1])
 
 
 def reference_knn_shares(x_train, y_train, x_test, k, temperature=0.07):

@@ -75,9 +75,9 @@ def probe_scores(probe: str, features: Features, targets: np.ndarray, train: np.
     raise ProbeError(f"unknown probe {probe!r}; probes: {list(PROBES)}")
 
 
-def score_cell(task: Task, adapter: EncoderAdapter, features: Features | None, probe: str, n_train: int, seed: int,
-               options: BenchmarkOptions) -> Result:  # fmt: skip
-    """Run one cell over all folds and compute its metrics with CIs."""
+def cell_scores(task: Task, adapter: EncoderAdapter, features: Features | None, probe: str, n_train: int, seed: int,
+                options: BenchmarkOptions) -> tuple[np.ndarray, list[dict], list[int]]:  # fmt: skip
+    """Scores (N, C) of one cell over all folds, NaN for samples no fold tested; what each fold chose; its train sizes."""
     y = task.targets
     scores = np.full((len(y), task.num_classes), np.nan, dtype=np.float32)
     chosen, sizes = [], []
@@ -94,6 +94,14 @@ def score_cell(task: Task, adapter: EncoderAdapter, features: Features | None, p
         else:
             scores[fold.test], info = probe_scores(probe, features, y, train, fold.test, num_classes=task.num_classes, seed=seed, k=options.k)
         chosen.append(info)
+    return scores, chosen, sizes
+
+
+def score_cell(task: Task, adapter: EncoderAdapter, features: Features | None, probe: str, n_train: int, seed: int,
+               options: BenchmarkOptions) -> Result:  # fmt: skip
+    """Run one cell over all folds and compute its metrics with CIs."""
+    y = task.targets
+    scores, chosen, sizes = cell_scores(task, adapter, features, probe, n_train, seed, options)
     tested = ~np.isnan(scores).any(axis=1)
     estimates = bootstrap_metrics(y[tested], scores[tested], num_resamples=options.num_resamples, seed=seed)
     details = {
