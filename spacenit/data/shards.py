@@ -41,10 +41,10 @@ SHARD_SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
 #: HDF5 attribute holding the shard's JSON attributes.
 HDF5_ATTRS = "spacenit"
 #: The chunk codec of every array SpaceNit writes (zarr's BloscCodec settles typesize 4 for float32):
-#: LZ4 after a bit shuffle. On the real chips in ../shared/data it stores within 5% of zstd-1 after
+#: LZ4 after a bit shuffle. On the real chips in ../shared/data it stores within 6% of zstd-1 after
 #: a byte shuffle (the codec of the first format-2 writers, which readers still decode) and
-#: encodes 3-4x and decodes 1.5-2.7x faster (benchmarks/bench_codecs.py): conversion, stats and
-#: the training loader all decode or encode every sample on CPUs that are busy anyway.
+#: encodes 2-3.3x and decodes 1.1-2.6x faster (benchmarks/bench_codecs.py): conversion, stats and
+#: the training loader all encode or decode every sample on CPUs that are busy anyway.
 CHUNK_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "typesize": 4, "blocksize": 0}
 
 
