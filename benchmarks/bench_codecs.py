@@ -25,6 +25,7 @@ from pathlib import Path
 import numcodecs
 import numpy as np
 import rasterio
+from bench_conversion import DEFAULT_DATA  # a sibling script
 
 from spacenit.data.shards import CHUNK_BLOSC, blosc_codec
 
@@ -74,7 +75,7 @@ def measure(codec: numcodecs.Blosc, chips: list[np.ndarray], repeats: int) -> tu
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the real-data folder (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     numcodecs.blosc.set_nthreads(1)  # as in conversion workers and loader processes
@@ -82,7 +83,7 @@ def main() -> None:
     print(f"default codec: blosc {default}")
     for name, chips in data_sets(args.data).items():
         print(f"\n{name}: {len(chips)} chips, {sum(c.nbytes for c in chips) / 1e6:.1f} MB as float32")
-        base = measure(blosc_codec({**CHUNK_BLOSC}), chips, args.repeats)
+        base = measure(blosc_codec(CHUNK_BLOSC), chips, args.repeats)
         for label, config in CANDIDATES.items():
             ratio, enc, dec = measure(blosc_codec({**CHUNK_BLOSC, **config}), chips, args.repeats)
             mark = " (default)" if config == default else ""

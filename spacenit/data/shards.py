@@ -46,6 +46,8 @@ HDF5_ATTRS = "spacenit"
 #: encodes 2-3.3x and decodes 1.1-2.6x faster (benchmarks/bench_codecs.py): conversion, stats and
 #: the training loader all encode or decode every sample on CPUs that are busy anyway.
 CHUNK_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "typesize": 4, "blocksize": 0}
+#: Blosc's own shuffle codes, as numcodecs and hdf5plugin both take them, by their Zarr v3 names.
+_BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
 @dataclass
@@ -75,9 +77,8 @@ def encode_rows(data: np.ndarray) -> EncodedRows:
 
 def blosc_codec(config: dict) -> numcodecs.Blosc:
     """numcodecs' Blosc from a Zarr v3 blosc configuration: the codec zarr itself would use."""
-    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[config["shuffle"]]
     return numcodecs.Blosc(
-        cname=config["cname"], clevel=config["clevel"], shuffle=shuffle,
+        cname=config["cname"], clevel=config["clevel"], shuffle=_BLOSC_SHUFFLE[config["shuffle"]],
         blocksize=config.get("blocksize", 0), typesize=config.get("typesize", 4),
     )  # fmt: skip
 
@@ -157,9 +158,6 @@ def _write_shard_file(array: zarr.Array, array_dir: Path, encoded: EncodedRows) 
         f.write(google_crc32c.value(index).to_bytes(4, "little"))
 
 
-_HDF5_SHUFFLE = {"noshuffle": hdf5plugin.Blosc.NOSHUFFLE, "shuffle": hdf5plugin.Blosc.SHUFFLE, "bitshuffle": hdf5plugin.Blosc.BITSHUFFLE}
-
-
 def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
     with h5py.File(path, "w") as f:
         f.attrs[HDF5_ATTRS] = json.dumps(attrs)
@@ -170,7 +168,7 @@ def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
                 data=data,
                 chunks=(1, *data.shape[1:]),
                 fillvalue=SENTINEL,
-                **hdf5plugin.Blosc(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=_HDF5_SHUFFLE[CHUNK_BLOSC["shuffle"]]),
+                **hdf5plugin.Blosc(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=_BLOSC_SHUFFLE[CHUNK_BLOSC["shuffle"]]),
             )
 
 
