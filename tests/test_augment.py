@@ -13,6 +13,7 @@ from spacenit.data.augmentations import (
     random_crop,
     random_resized_crop,
     sensor_dropout,
+    spectral_jitter,
 )
 from spacenit.sensors import SENTINEL
 
@@ -153,3 +154,25 @@ def test_random_crop_keeps_native_pixels_in_one_box_per_sample_shared_by_sensors
     assert random_crop(images, g, scale=(1.0, 1.0), multiple=5)["s2"].shape[-1] == 30, "never beyond the tile"
     with pytest.raises(ValueError, match="one pixel grid"):
         random_crop({"s2": torch.zeros(1, 1, 1, 8, 8), "s1": torch.zeros(1, 1, 1, 4, 4)}, g, multiple=2)
+
+
+def test_spectral_jitter_is_one_affine_map_per_sample_and_band_that_spares_sentinels() -> None:
+    images = batch()
+    images["s2"][0, 1, 2, 3, 4] = SENTINEL
+    out = spectral_jitter(images, torch.Generator().manual_seed(0), 0.2, sensors={"s2", "era5"})
+    assert out["s2"][0, 1, 2, 3, 4] == SENTINEL, "missing stays missing"
+    assert torch.equal(out["s1"], images["s1"]), "sensors not listed pass through"
+    for name in ("s2", "era5"):
+        x, y = images[name], out[name]
+        valid = x != SENTINEL
+        for b in range(x.shape[0]):
+            for c in range(x.shape[2]):
+                xs, ys = x[b, :, c][valid[b, :, c]], y[b, :, c][valid[b, :, c]]
+                # Fit y = gain * x + offset over every timestep and pixel of the band: exact, in range.
+                A = torch.stack([xs, torch.ones_like(xs)], dim=1).double()
+                gain, offset = torch.linalg.lstsq(A, ys.double().unsqueeze(1)).solution.squeeze(1).tolist()
+                torch.testing.assert_close(ys.double(), gain * xs.double() + offset, atol=1e-5, rtol=0)
+                assert 0.8 - 1e-6 <= gain <= 1.2 + 1e-6 and abs(offset) <= 0.2 + 1e-6
+    gains = (out["s2"][:, 0, :, 0, 1] - out["s2"][:, 0, :, 0, 0]) / (images["s2"][:, 0, :, 0, 1] - images["s2"][:, 0, :, 0, 0])
+    assert gains.std() > 0.05, "samples and bands draw their own gains"
+    assert spectral_jitter(images, torch.Generator(), 0.0) is images, "strength 0 is the identity and draws nothing"

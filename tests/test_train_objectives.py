@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from spacenit.arch.models import create_model
 from spacenit.config import ConfigError
-from spacenit.data.augmentations import augmented_view
+from spacenit.data.augmentations import augmented_view, spectral_jitter
 from spacenit.data.masking import MaskingConfig
 from spacenit.sensors import LANDSAT, SENTINEL, SENTINEL1, SENTINEL2_L2A, SRTM
 from spacenit.train import losses
@@ -136,6 +136,18 @@ def test_view_contrast_alone_trains_the_encoder_through_the_pooled_views_only() 
     whole_tile = 2 * (~native.model.encoder.tokenizer(b["images"], b["months"], 4).absent).sum()
     assert 0 < out["tokens"] < whole_tile / 2 and torch.isfinite(out["view_loss"])
 
+    # Spectral jitter: the same views, each band then jittered with the same generator's next draws.
+    jitter = ObjectiveConfig(name="view_contrast", latent_weight=0.0, view_spectral_jitter=0.3).build(
+        model, MaskingConfig().build(), total_steps=10)  # fmt: skip
+    out = jitter(b, 4, torch.Generator().manual_seed(0), 0)
+    g = torch.Generator().manual_seed(0)
+    views = [augmented_view(b["images"], g, (0.25, 1.0)) for _ in range(2)]
+    views = [spectral_jitter(v, g, 0.3, {s.name for s in model.sensors}) for v in views]
+    with torch.no_grad():
+        pooled = [jitter.projection(model.embed(v, b["months"], 4)) for v in views]
+        expected = losses.info_nce(*pooled, jitter.logit_scale)
+    torch.testing.assert_close(out["view_loss"].detach(), expected, rtol=1e-5, atol=1e-6)
+
 
 def test_pixio_class_tokens_are_the_encoders_registers_and_reach_the_decoder() -> None:
     with pytest.raises(ConfigError, match="model.num_registers"):
@@ -201,6 +213,8 @@ def test_unknown_objective_and_losses_fail_loudly() -> None:
     for scale in ([0.5], [0.0, 1.0], [0.8, 0.5], [0.5, 1.5]):
         with pytest.raises(ConfigError, match="view_crop_scale"):
             ObjectiveConfig(name="view_contrast", view_crop_scale=scale).build(tiny(), None, total_steps=1)
+    with pytest.raises(ConfigError, match="view_spectral_jitter"):
+        ObjectiveConfig(name="view_contrast", view_spectral_jitter=1.5).build(tiny(), None, total_steps=1)
 
 
 # ---------------------------------------------------------------- named experiments

@@ -1,4 +1,4 @@
-"""Batch augmentations (spec section 3.3): D4 dihedral, CutMix, SensorDropout; crops for two-view objectives.
+"""Batch augmentations (spec section 3.3): D4 dihedral, CutMix, SensorDropout; crops and spectral jitter for two-view objectives.
 
 They act on a micro-batch `images: {sensor: (B, T, C, H, W) or (B, T, C)}`
 of standardized values with the sentinel where data is missing, and draw
@@ -145,6 +145,29 @@ def random_crop(images: dict[str, torch.Tensor], generator: torch.Generator, sca
             raise ValueError(f"random_crop needs the spatial sensors on one pixel grid; {name} is {tuple(x.shape[-2:])}, not {(H, W)}")
         boxes = enumerate(zip(tops, lefts, strict=True))
         out[name] = torch.stack([x[b, ..., top : top + side, left : left + side] for b, (top, left) in boxes])
+    return out
+
+
+def spectral_jitter(images: dict[str, torch.Tensor], generator: torch.Generator, strength: float,
+                    sensors: set[str] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """SimCLR's colour jitter for any number of bands: per sample and band, a gain drawn from
+    U(1 - strength, 1 + strength) and an offset from U(-strength, strength), in standardized
+    units (so 0.2 shifts a band by up to a fifth of its dataset std). One draw per sample and
+    band, shared by its timesteps and pixels; sentinel values stay sentinel. Only `sensors`
+    (default: all) are jittered: categorical layers must be left alone.
+    """
+    if strength <= 0:
+        return images
+    out = dict(images)
+    for name, x in images.items():
+        if sensors is not None and name not in sensors:
+            continue
+        B, C = x.shape[0], x.shape[2]
+        shape = (B, 1, C) + (1,) * (x.ndim - 3)  # broadcast over time and pixels
+        gain = 1 + strength * (2 * torch.rand(B, C, generator=generator) - 1)
+        offset = strength * (2 * torch.rand(B, C, generator=generator) - 1)
+        jittered = x * gain.reshape(shape).to(x) + offset.reshape(shape).to(x)
+        out[name] = torch.where(x == SENTINEL, x, jittered)
     return out
 
 

@@ -71,6 +71,8 @@ class ObjectiveConfig(Config):
     #: Resize each crop back to the tile's size (SimCLR); false keeps the native resolution, the
     #: one `embed` sees, with a side that is a multiple of the patch size (and fewer tokens).
     view_resize: bool = True
+    #: Per-band gain and offset jitter of each view (`spectral_jitter`), in standardized units; 0 = off.
+    view_spectral_jitter: float = 0.0
     # --- pixel reconstruction
     #: "mse", "l1" or "smooth_l1" on the pixels of predicted patches.
     reconstruction_loss: str = "mse"
@@ -96,6 +98,8 @@ class ObjectiveConfig(Config):
         scale = self.view_crop_scale
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ConfigError(f"objective.view_crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.view_crop_scale}")
+        if not 0 <= self.view_spectral_jitter < 1:
+            raise ConfigError(f"objective.view_spectral_jitter must be in [0, 1), got {self.view_spectral_jitter}")
         return objectives[self.name](model, self, masking, total_steps=total_steps)
 
 

@@ -6,10 +6,12 @@ weight drove that InfoNCE to 0.02 and the kNN probe nowhere). Here the two
 views are different pixels: each is a random crop of the tile
 (`objective.view_crop_scale` of its area), resized to the tile's size or
 (`objective.view_resize=false`) kept at the native resolution, under a
-random D4 symmetry. Both are encoded whole by the online encoder,
-mean-pooled exactly as `embed` pools, projected, and pulled together by a
-symmetric InfoNCE against the other samples of the micro-batch; so the
-pooled embedding itself learns what survives cropping and rotation.
+random D4 symmetry, with each band's gain and offset jittered
+(`objective.view_spectral_jitter`, off by default). Both are encoded whole
+by the online encoder, mean-pooled exactly as `embed` pools, projected, and
+pulled together by a symmetric InfoNCE against the other samples of the
+micro-batch; so the pooled embedding itself learns what survives cropping,
+rotation and jitter.
 
 With `objective.latent_weight` > 0 the first view is also masked and its
 hidden tokens predicted from the EMA target encoder's latents
@@ -27,7 +29,7 @@ import torch
 
 from spacenit.arch.models import SpaceNitModel
 from spacenit.arch.pooling import mean_pool
-from spacenit.data.augmentations import augmented_view
+from spacenit.data.augmentations import augmented_view, spectral_jitter
 from spacenit.data.masking import MaskingStrategy
 from spacenit.train import losses
 from spacenit.train.module import ObjectiveConfig
@@ -41,6 +43,7 @@ class ViewContrast(LatentPrediction):
         super().__init__(model, config, masking, total_steps=total_steps)
         if self.projection is None:
             self.build_projection()
+        self._continuous = {s.name for s in model.sensors if not s.categorical}  # what spectral jitter may touch
         if config.latent_weight == 0:
             # Without latent prediction the predictor is not trained; frozen, it stays out of DDP's gradient sync.
             model.predictor.requires_grad_(False)
@@ -50,6 +53,7 @@ class ViewContrast(LatentPrediction):
         scale = tuple(c.view_crop_scale)
         months, gsd_m = batch["months"], batch.get("gsd_m")
         views = [augmented_view(batch["images"], generator, scale, resize=c.view_resize, multiple=patch_size) for _ in range(2)]
+        views = [spectral_jitter(v, generator, c.view_spectral_jitter, self._continuous) for v in views]
         pooled, toks, tokens = [], [], 0
         for images in views:
             toks.append(tok := encoder.tokenizer(images, months, patch_size, gsd_m))
