@@ -287,6 +287,21 @@ def test_small_raster_is_padded_and_nan_becomes_sentinel(tmp_path: Path) -> None
     assert (got[:, 20:, :] == SENTINEL).all() and (got[:, :, 20:] == SENTINEL).all()
 
 
+def test_integer_nodata_on_the_grid_becomes_sentinel_and_a_partial_raster_lands_in_place(tmp_path: Path) -> None:
+    # A Landsat file on the anchor's 10 m grid, offset by (3 rows, 5 columns) and smaller than
+    # the tile: read in place into the sample's stack, its nodata (0) the sentinel.
+    rng = np.random.default_rng(7)
+    landsat = rng.integers(1, 30000, (11, 20, 24), dtype=np.uint16)
+    landsat[4, 2, 6] = 0
+    origin = (_ANCHOR_ORIGIN[0] + 50.0, _ANCHOR_ORIGIN[1] - 30.0)
+    root = _sample_with(tmp_path, "landsat", landsat, origin=origin, nodata=0)
+    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
+    got = DatasetReader(tmp_path / "out")[0].data["landsat"][0]
+    expected = np.full((11, 32, 32), SENTINEL, np.float32)
+    expected[:, 3:23, 5:29] = np.where(landsat == 0, SENTINEL, landsat)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_non_spatial_sensor_is_the_footprint_mean(tmp_path: Path) -> None:
     weather = np.stack([np.full((4, 4), v, np.float32) for v in (290.0, 280.0, 101325.0, 3.0, -1.0, 0.002)])
     root = _sample_with(tmp_path, "era5", weather, crs="EPSG:4326", res=0.25, origin=(8.5, 45.5))
