@@ -19,7 +19,7 @@ from spacenit.arch.tokenization import (
     band_dropout_keep,
 )
 from spacenit.config import apply_overrides
-from spacenit.sensors import LANDSAT, SENTINEL2_L2A
+from spacenit.sensors import LANDSAT, SENTINEL2_L1C, SENTINEL2_L2A
 
 
 def smooth_image(channels: int, px: int) -> torch.Tensor:
@@ -65,6 +65,9 @@ def test_tokenization_presets_select_bands_by_name() -> None:
     assert groups_of(TokenizationConfig("single_bandset_10m_only")) == {"10m": 4}
     assert groups_of(TokenizationConfig("two_bandsets_10m_20m")) == {"10m": 4, "20m": 6}
     assert groups_of(TokenizationConfig("two_bandsets_10m_20m"), LANDSAT) == {"all": 11}
+    for sensor, bands in ((SENTINEL2_L2A, 12), (SENTINEL2_L1C, 13), (LANDSAT, 11)):
+        assert groups_of(TokenizationConfig("single_bandset"), sensor) == {"all": bands}
+        assert TokenizationConfig("single_bandset").groups_for(sensor)[0].bands == list(sensor.bands)
     no60m = TokenizationConfig("single_bandset_no60m").groups_for(SENTINEL2_L2A)[0]
     assert "B01" not in no60m.bands and "B09" not in no60m.bands
     with pytest.raises(KeyError, match="B99"):
