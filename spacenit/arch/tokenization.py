@@ -19,6 +19,7 @@ so every bandset variant of the 14 experiments is a config value:
 `single_bandset` is `single_bandset_all12` for Sentinel-2 L1C as well: a third
 of the tokens of `default`, so about 2.5x the steps in a CPU budget (the preset
 of the EuroSAT benchmark, docs/evaluation.md).
+
 Bands a variant leaves out (the 60m bands of `no60m`) are never read.
 Entries for sensors a model does not have are ignored, so one variant serves
 an S2-only model as well as an S2 + Landsat one.
