@@ -289,7 +289,7 @@ def test_small_raster_is_padded_and_nan_becomes_sentinel(tmp_path: Path) -> None
 
 def test_integer_nodata_on_the_grid_becomes_sentinel_and_a_partial_raster_lands_in_place(tmp_path: Path) -> None:
     # A Landsat file on the anchor's 10 m grid, offset by (3 rows, 5 columns) and smaller than
-    # the tile: read in place into the sample's stack, its nodata (0) the sentinel.
+    # the tile: its pixels land at their place on the tile, its nodata (0) becomes the sentinel.
     rng = np.random.default_rng(7)
     landsat = rng.integers(1, 30000, (11, 20, 24), dtype=np.uint16)
     landsat[4, 2, 6] = 0
