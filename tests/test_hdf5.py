@@ -7,6 +7,7 @@ import multiprocessing
 import shutil
 from pathlib import Path
 
+import google_crc32c
 import h5py
 import hdf5plugin
 import numpy as np
@@ -16,7 +17,7 @@ from zarr.codecs import BloscCodec
 
 from spacenit.conversion.convert import convert
 from spacenit.data.format import load_dataset_info
-from spacenit.data.shards import DatasetReader, Shard, write_shard
+from spacenit.data.shards import CHUNK_BLOSC, DatasetReader, Shard, blosc_codec, write_shard
 from spacenit.data.stats import compute_stats
 from spacenit.sensors import SENTINEL
 from tests.rasters import damage_zarr_shard_index
@@ -136,6 +137,21 @@ def test_damaged_zarr_shard_index_is_an_error(synthetic_dataset: Path, tmp_path:
     damage_zarr_shard_index(tmp_path / "ds", "shard-00000.zarr", "srtm")
     with pytest.raises(ValueError, match="shard index .* is damaged"):
         DatasetReader(tmp_path / "ds")[0]
+
+
+def test_a_zarr_chunk_of_the_wrong_size_is_an_error_not_a_partial_sample(tmp_path: Path) -> None:
+    # The direct reader decodes into the sample's array: a chunk that decodes to fewer
+    # bytes (an index pointing at another array's chunk) must not leave part of it unset.
+    data = np.random.default_rng(9).normal(1000, 300, size=(2, 1, 4, 8, 8)).astype(np.float32)
+    write_shard(tmp_path / "s.zarr", {"sentinel2_l2a": data}, {"records": []}, "zarr")
+    shard_file = next(p for p in (tmp_path / "s.zarr" / "sentinel2_l2a").rglob("*") if p.is_file() and p.name != "zarr.json")
+    small = blosc_codec(CHUNK_BLOSC).encode(data[0, :, :2])  # half the bands
+    index = np.array([[0, len(small)], [0, len(small)]], dtype="<u8").tobytes()
+    shard_file.write_bytes(small + index + google_crc32c.value(index).to_bytes(4, "little"))
+    shard = Shard(tmp_path / "s.zarr", "zarr")
+    with pytest.raises(ValueError, match=r"sample 1 of .*s\.zarr/sentinel2_l2a.* is damaged"):
+        shard.read("sentinel2_l2a", 1)
+    shard.close()
 
 
 def test_zarr_shards_we_write_read_back_through_zarr_python(tmp_path: Path) -> None:

@@ -77,17 +77,44 @@ def test_adding_batches_in_place_equals_one_accumulator_of_everything() -> None:
     folded = SensorAccumulator.of(data[:2], categorical=False)
     for start in range(2, 12, 3):
         folded.add(data[start : start + 3])
-    np.testing.assert_array_equal(folded.histogram.counts, whole.histogram.counts)
-    # The independent reference: numpy's bincount of the top 16 bits of the counted, valid values.
+    np.testing.assert_array_equal(folded.histogram.dense(), whole.histogram.dense())
+    # The independent reference: numpy's bincount of the top 16 bits of the counted, valid values,
+    # in value order (negative floats by decreasing bits, then positive ones by increasing bits).
     counted = data[:, :, ::HISTOGRAM_STRIDE]
     for c in range(3):
         band = counted[:, c][counted[:, c] != SENTINEL]
-        expected = np.bincount((band.view(np.uint32) >> 16).ravel(), minlength=65536)
-        np.testing.assert_array_equal(folded.histogram.counts[c], expected)
+        expected = np.bincount(_value_order_bucket(band).ravel(), minlength=65536)
+        np.testing.assert_array_equal(folded.histogram.dense()[c], expected)
     np.testing.assert_array_equal(folded.moments.count, whole.moments.count)
     np.testing.assert_allclose(folded.moments.mean, whole.moments.mean, rtol=1e-12)
     np.testing.assert_allclose(folded.moments.std, whole.moments.std, rtol=1e-12)
     np.testing.assert_array_equal(folded.moments.min, whole.moments.min)
+
+
+def _value_order_bucket(values: np.ndarray) -> np.ndarray:
+    top = (values.astype(np.float32).view(np.uint32) >> 16).astype(np.int64)
+    return np.where(top >= 0x8000, 0xFFFF - top, top + 0x8000)
+
+
+def test_histogram_windows_follow_the_values_across_zero_and_batches_without_values() -> None:
+    # Buckets are in value order, so a band of both signs keeps one window; a batch where a
+    # band has no valid value leaves its window as it was; windows grow as batches go lower.
+    values = np.array([-3.5, -1e-3, -0.0, 0.0, 2e-7, 1.0, 7.25, 3e4], dtype=np.float32)
+    assert (np.diff(_value_order_bucket(values)) >= 0).all()
+    first = np.stack([np.full(64, SENTINEL), np.linspace(-5, 5, 64)]).astype(np.float32)[None]
+    second = np.stack([np.linspace(100, 900, 64), np.linspace(-50, -40, 64)]).astype(np.float32)[None]
+    folded = SensorAccumulator.of(first, categorical=False)
+    folded.add(second)
+    both = np.concatenate([first, second], axis=2)
+    for c in range(2):
+        band = both[0, c, ::HISTOGRAM_STRIDE]
+        band = band[band != SENTINEL]
+        expected = np.bincount(_value_order_bucket(band), minlength=65536)
+        np.testing.assert_array_equal(folded.histogram.dense()[c], expected)
+    # Band 1 crosses zero: its window spans from its lowest to its highest bucket, no more.
+    buckets = _value_order_bucket(both[0, 1])
+    assert folded.histogram.low[1] == buckets.min() and folded.histogram.counts.shape[1] <= buckets.max() - buckets.min() + 1
+    assert folded.histogram.low[0] == _value_order_bucket(both[0, 0, 64:]).min()
 
 
 def test_a_mean_far_above_the_spread_keeps_full_precision() -> None:
@@ -210,7 +237,7 @@ def test_sentinel_values_never_count_in_the_histogram() -> None:
     for c in range(2):
         real = values[c][values[c] != SENTINEL].astype(np.float64)
         assert real.size == acc.moments.count[c]
-        assert acc.histogram.counts[c].sum() == (values[c, ::HISTOGRAM_STRIDE] != SENTINEL).sum()
+        assert acc.histogram.dense()[c].sum() == (values[c, ::HISTOGRAM_STRIDE] != SENTINEL).sum()
         (p50,) = acc.histogram.percentiles((50.0,), acc.moments.min, acc.moments.max)[0][c : c + 1]
         np.testing.assert_allclose(p50, np.percentile(real, 50), rtol=2**-7)
 

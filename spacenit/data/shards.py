@@ -222,7 +222,7 @@ class _ZarrSampleReader:
 
     def __init__(self, layout: _ShardLayout) -> None:
         path, shape = layout.path, layout.shape
-        self._shape, self._fill_value = shape, layout.fill_value
+        self._path, self._shape, self._fill_value = path, shape, layout.fill_value
         self._fd = os.open(path, os.O_RDONLY)
         index_size = shape[0] * 16 + 4
         tail = os.pread(self._fd, index_size, os.fstat(self._fd).st_size - index_size)
@@ -238,12 +238,20 @@ class _ZarrSampleReader:
         layout = _ShardLayout.of(array, array_dir)
         return None if layout is None else cls(layout)
 
-    def read(self, row: int) -> np.ndarray:
+    def read(self, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One sample; decoded straight into `out` (C-contiguous float32 of its shape) when given."""
+        if out is None:
+            out = np.empty(self._shape[1:], dtype=np.float32)
         offset, nbytes = (int(v) for v in self._index[row])
         if offset == nbytes == 2**64 - 1:  # a chunk never written: all fill value
-            return np.full(self._shape[1:], self._fill_value, dtype=np.float32)
+            out.fill(self._fill_value)
+            return out
         raw = os.pread(self._fd, nbytes, offset)
-        return np.frombuffer(self._blosc.decode(raw), dtype="<f4").reshape(self._shape[1:])
+        # Bytes 4-8 of a blosc chunk's header: its decoded size.
+        if len(raw) != nbytes or int.from_bytes(raw[4:8], "little") != out.nbytes:
+            raise ValueError(f"sample {row} of {self._path} is damaged (its chunk does not decode to {out.shape})")
+        self._blosc.decode(raw, out=out)
+        return out
 
     def close(self) -> None:
         os.close(self._fd)
@@ -300,7 +308,7 @@ class Shard:
             rows = range(self.shape(sensor)[0])[rows] if isinstance(rows, slice) else rows
             out = np.empty((len(rows), *self.shape(sensor)[1:]), dtype=np.float32)
             for i, row in enumerate(rows):
-                out[i] = reader.read(row)
+                reader.read(row, out[i])
             return out
         array = self._array(sensor)
         if isinstance(rows, int | slice):

@@ -30,9 +30,19 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from spacenit.data.band_kernels import (
+    COUNT,
+    MAX,
+    MIN,
+    SHIFT,
+    SUM,
+    SUM_SQUARES,
+    band_sums,
+    bucket_counts,
+    bucket_range,
+)
 from spacenit.data.format import DATASET_JSON, write_json_atomic
 from spacenit.data.shards import DatasetReader, Shard
 from spacenit.sensors import SENTINEL
@@ -49,12 +59,18 @@ MIN_BATCHES = 2
 _NUM_BUCKETS = 1 << 16
 #: Every how many values along a row the percentile histogram counts (see FloatHistogram).
 HISTOGRAM_STRIDE = 4
-#: Threads reading (and decompressing) the next Zarr batches while one process reduces the current one.
-READER_THREADS = 3  # on 2 cores: stats / read 0.93 with 3, 1.10 with 2, 1.14 with 1 (EuroSAT x5)
+#: Threads of one stats process, each reading (and decompressing) a batch and reducing it.
+STATS_THREADS = 3
 
 
 class StatsError(ValueError):
     """A stats file that is missing, malformed, or does not fit the data."""
+
+
+def _contiguous_bands(values: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    """`values` as a C-contiguous (R, C, S) array, as the kernels take it; (C, N) becomes (1, C, N)."""
+    values = values[None] if values.ndim == 2 else values
+    return np.ascontiguousarray(values, dtype=dtype)
 
 
 def band_view(array: np.ndarray, channel_axis: int = 0) -> np.ndarray:
@@ -86,32 +102,25 @@ class RunningMoments:
     def of(cls, values: np.ndarray) -> RunningMoments:
         """Moments of `values`, (C, N) or a `band_view` (R, C, S), with the sentinel excluded.
 
-        One pass of sums and sums of squares in float64 (a float32 squared is exact
-        in float64), then M2 = S2 - S1 * mean. Where that difference cancels badly
-        (a band whose mean is over 100 standard deviations) the band is redone with
-        exact deviations, so the result stays within 1e-9 of the two-pass one.
+        One pass (`band_sums`) of the sums of deviations from each band's first
+        valid value, in float64 (a float32 difference and its square are exact or
+        nearly so there). Where the band's mean lies so far from that value that
+        the variance would cancel (over 100 standard deviations), the band is
+        summed again about its mean, so the result stays within 1e-9 of the
+        two-pass one.
         """
-        values = values[None] if values.ndim == 2 else values
-        axes = (0, 2)
-        lowest = values.min(axis=axes) if values.size else np.zeros(values.shape[1])
-        if (lowest > SENTINEL).all():  # no sentinel anywhere (the common case): no masks
-            count = np.full(values.shape[1], float(values.shape[0] * values.shape[2]))
-            safe, lo, hi = values, lowest, values.max(axis=axes)
-        else:
-            valid = values != SENTINEL
-            count = valid.sum(axis=axes).astype(np.float64)
-            safe = np.where(valid, values, values.dtype.type(0))  # the one masked copy: for the sums
-            lo = values.min(axis=axes, where=valid, initial=np.inf)
-            hi = values.max(axis=axes, where=valid, initial=-np.inf)
-        s1 = safe.sum(axis=axes, dtype=np.float64)
-        s2 = np.einsum("rcs,rcs->c", safe, safe, dtype=np.float64)
-        mean = s1 / np.maximum(count, 1)
-        m2 = s2 - s1 * mean
-        for c in np.flatnonzero(m2 < 1e-4 * s2):  # cancellation: exact deviations for this band
-            band = safe[:, c].astype(np.float64) - mean[c]
-            band[values[:, c] == SENTINEL] = 0.0
-            m2[c] = np.einsum("rs,rs->", band, band)
-        return cls(count, mean, np.maximum(m2, 0.0), lo.astype(np.float64), hi.astype(np.float64))
+        values = _contiguous_bands(values)
+        sums = band_sums(values, np.zeros(values.shape[1]), np.zeros(values.shape[1], dtype=np.bool_))
+        count, squares = sums[:, COUNT], sums[:, SUM_SQUARES]
+        mean = sums[:, SHIFT] + sums[:, SUM] / np.maximum(count, 1)
+        m2 = squares - sums[:, SUM] * (sums[:, SUM] / np.maximum(count, 1))
+        cancelled = (m2 < 1e-4 * squares) & (count > 1)
+        if cancelled.any():
+            again = band_sums(values, mean, cancelled)
+            mean = np.where(cancelled, again[:, SHIFT] + again[:, SUM] / np.maximum(count, 1), mean)
+            redone = again[:, SUM_SQUARES] - again[:, SUM] * (again[:, SUM] / np.maximum(count, 1))
+            m2 = np.where(cancelled, redone, m2)
+        return cls(count, np.where(count > 0, mean, 0.0), np.maximum(m2, 0.0), sums[:, MIN], sums[:, MAX])
 
     def merge(self, other: RunningMoments) -> RunningMoments:
         """Chan et al. (1979): combine two partial results exactly."""
@@ -128,28 +137,35 @@ class RunningMoments:
         return np.sqrt(np.where(self.count > 0, self.m2 / np.maximum(self.count, 1), 0.0))
 
 
-#: The histogram bucket of the sentinel, whose count is taken out again after counting.
-_SENTINEL_BUCKET = int(np.array([SENTINEL], dtype="<f4").view("<u4")[0] >> 16)
-
-
 @cache
-def _bucket_bounds() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per bucket id: (its position in value order, its smallest and its largest float32 as float64)."""
-    top = np.arange(_NUM_BUCKETS, dtype=np.uint32)  # a bucket is the top 16 bits of a float32
-    negative = top >= 0x8000
-    # Value order: negatives by decreasing magnitude (bits), then positives by increasing bits.
-    position = np.where(negative, 0xFFFF - top, top + 0x8000)
-    bits = top << 16
-    low_bits = np.where(negative, bits | 0xFFFF, bits).astype(np.uint32)
-    high_bits = np.where(negative, bits, bits | 0xFFFF).astype(np.uint32)
+def _bucket_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """Per bucket (`band_kernels._bucket`, in value order): its smallest and its largest float32, as float64."""
+    bucket = np.arange(_NUM_BUCKETS, dtype=np.uint32)
+    positive = bucket >= 0x8000
+    bits = np.where(positive, bucket - 0x8000, 0xFFFF - bucket).astype(np.uint32) << 16  # the top 16 bits
+    low_bits = np.where(positive, bits, bits | 0xFFFF).astype(np.uint32)  # the largest magnitude is the lowest negative
+    high_bits = np.where(positive, bits | 0xFFFF, bits).astype(np.uint32)
     with np.errstate(invalid="ignore"):  # the NaN buckets, which never hold a value
-        low, high = low_bits.view(np.float32).astype(np.float64), high_bits.view(np.float32).astype(np.float64)
-    return position, low, high
+        return low_bits.view(np.float32).astype(np.float64), high_bits.view(np.float32).astype(np.float64)
+
+
+def _buckets_of(values: np.ndarray) -> np.ndarray:
+    """The buckets of float32 `values` (`band_kernels._bucket`), as int64."""
+    top = (np.asarray(values, dtype="<f4").view("<u4") >> 16).astype(np.int64)
+    return top ^ np.where(top & 0x8000, 0xFFFF, 0x8000)
 
 
 @dataclass
 class FloatHistogram:
     """Counts per band over the 65536 buckets of float32 values (their top 16 bits); mergeable.
+
+    Buckets are numbered in value order (`band_kernels._bucket`), so a band's
+    buckets lie together, and so do those of a band of both signs.
+
+    A band fills a few hundred of the 65536 buckets, so each band keeps only a
+    window of them: `counts[c, k]` is the count of bucket `low[c] + k`. Full-length
+    counts per batch cost more than the counting (6.8 MB to zero and add per
+    13-band batch); windows cost a few kilobytes, also to send between processes.
 
     Only every HISTOGRAM_STRIDE-th value along a row is counted: counting is the
     most expensive part of `stats`. Sampling a quarter of the values moves a
@@ -157,77 +173,108 @@ class FloatHistogram:
     for p2 of a band of a million values, 0.003 for 100 million.
     """
 
-    counts: np.ndarray  # (C, 65536) int64, indexed by the top 16 bits of the value
+    low: np.ndarray  # (C,) int64: the bucket of counts[:, 0], per band
+    counts: np.ndarray  # (C, span) int64
 
     @classmethod
     def empty(cls, num_bands: int) -> FloatHistogram:
-        return cls(np.zeros((num_bands, _NUM_BUCKETS), dtype=np.int64))
+        return cls(np.zeros(num_bands, dtype=np.int64), np.zeros((num_bands, 0), dtype=np.int64))
 
     @classmethod
-    def of(cls, values: np.ndarray, has_sentinel: bool = True) -> FloatHistogram:
-        """Histogram of `values`, (C, N) or a `band_view` (R, C, S), without the sentinel."""
-        histogram = cls.empty(values.shape[-2])
-        histogram.add(values, has_sentinel)
-        return histogram
+    def of(cls, values: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> FloatHistogram:
+        """Histogram of `values`, (C, N) or a `band_view` (R, C, S), without the sentinel.
 
-    def add(self, values: np.ndarray, has_sentinel: bool = True) -> None:
-        """Count `values` too, in place: a new (C, 65536) array per batch costs as much as counting.
-
-        Counting everything and then taking the sentinels out of their bucket is
-        exact and avoids masking every value.
+        `lo` and `hi`, each band's smallest and largest valid value when known (the
+        moments have them), give the windows without a pass of their own.
         """
-        values = values[None] if values.ndim == 2 else values
-        if values.dtype != np.dtype("<f4") or not values.flags.c_contiguous:
-            values = np.ascontiguousarray(values, dtype="<f4")
-        # The top 16 bits of a little-endian float32 are its second uint16: a strided
-        # view, where a shift would compute a new array.
-        tops = values.view("<u2")[:, :, 1 :: 2 * HISTOGRAM_STRIDE]
-        if tops.size == 0:
-            return
-        # One count for all bands, each band over the span of buckets it uses (a band fills a
-        # few hundred of the 65536; full-length counts per band and batch cost more than
-        # counting): key = band * span + (bucket - the band's lowest bucket).
-        keys = torch.from_numpy(tops.astype(np.int32)).transpose(0, 1).reshape(tops.shape[1], -1)
-        lowest = keys.amin(dim=1, keepdim=True)
-        span = int((keys.amax(dim=1, keepdim=True) - lowest).max()) + 1
-        keys -= lowest
-        keys += torch.arange(tops.shape[1], dtype=torch.int32)[:, None] * span
-        # torch.bincount, unlike np.bincount, lets go of the GIL, so the threads that read
-        # the next batches keep running while this one counts. It costs `stats` torch's
-        # import (~1.7 s once); sorting the keys with numpy instead (GIL-free too) took
-        # 1.9x the read's CPU where this takes 1.7x.
-        counted = torch.bincount(keys.reshape(-1), minlength=tops.shape[1] * span).view(-1, span).numpy()
-        for c, low in enumerate(lowest[:, 0].tolist()):
-            width = min(span, _NUM_BUCKETS - low)
-            self.counts[c, low : low + width] += counted[c, :width]
-        if has_sentinel:
-            self.counts[:, _SENTINEL_BUCKET] -= (values[:, :, ::HISTOGRAM_STRIDE] == SENTINEL).sum(axis=(0, 2))
+        values = _contiguous_bands(values, np.dtype("<f4"))
+        if lo is not None and hi is not None:
+            low, high = _bucket_window(lo, hi)
+            used = high >= low
+            if used.any():
+                span = int((high - low)[used].max()) + 1
+                counts, misses = bucket_counts(values, HISTOGRAM_STRIDE, np.where(used, low, 0), span)
+                if misses == 0:
+                    return cls(np.where(used, low, 0), counts)
+        ranges = bucket_range(values, HISTOGRAM_STRIDE)  # no range given, or a value outside it (-0.0)
+        used = ranges[:, 1] >= 0
+        if not used.any():
+            return cls.empty(values.shape[1])
+        low = np.where(used, ranges[:, 0], 0)
+        span = int((ranges[used, 1] - low[used]).max()) + 1
+        return cls(low, bucket_counts(values, HISTOGRAM_STRIDE, low, span)[0])
+
+    def add(self, values: np.ndarray) -> None:
+        """Count `values` too, in place."""
+        self.merge(FloatHistogram.of(values))
 
     def merge(self, other: FloatHistogram) -> FloatHistogram:
-        """Fold `other` into this histogram, in place."""
-        self.counts += other.counts
+        """Fold `other` into this histogram, in place; each band's window grows to cover both.
+
+        A band with no counts on one side (no valid value in that batch) takes the
+        other side's window, wherever its own lies.
+        """
+        mine, theirs = self.counts.any(axis=1), other.counts.any(axis=1)
+        if not theirs.any():
+            return self
+        my_high, their_high = self.low + self.counts.shape[1], other.low + other.counts.shape[1]
+        low = np.where(mine, self.low, other.low)
+        high = np.where(mine, my_high, their_high)
+        low = np.where(theirs, np.minimum(low, other.low), low)
+        high = np.where(theirs, np.maximum(high, their_high), high)
+        span = int((high - low).max())
+        if (low[mine] != self.low[mine]).any() or span > self.counts.shape[1]:
+            grown = np.zeros((len(low), span), dtype=np.int64)
+            _add_window(grown, low, self, mine)
+            self.counts = grown
+        self.low = low
+        _add_window(self.counts, self.low, other, theirs)
         return self
+
+    def dense(self) -> np.ndarray:
+        """(C, 65536) counts, indexed by bucket (`band_kernels._bucket`: in value order)."""
+        out = np.zeros((len(self.low), _NUM_BUCKETS), dtype=np.int64)
+        for c, low in enumerate(self.low.tolist()):
+            width = min(self.counts.shape[1], _NUM_BUCKETS - low)
+            out[c, low : low + width] = self.counts[c, :width]
+        return out
 
     def percentiles(self, qs: tuple[float, ...], lo: np.ndarray, hi: np.ndarray) -> list[list[float | None]]:
         """[q][band] approximate percentiles, clamped to the exact [lo, hi]; None for empty bands."""
-        position, low, high = _bucket_bounds()
+        low, high = _bucket_bounds()
         out: list[list[float | None]] = [[] for _ in qs]
         for band, counts in enumerate(self.counts):
-            used = np.flatnonzero(counts)  # a band fills few of the 65536 buckets: only those matter
+            used = np.flatnonzero(counts)  # a band fills few of its window's buckets: only those matter
             if used.size == 0:
                 for column in out:
                     column.append(None)
                 continue
-            used = used[np.argsort(position[used])]  # in value order
-            cumulative = np.cumsum(counts[used])
+            counts, used = counts[used], used + self.low[band]  # buckets are in value order
+            cumulative = np.cumsum(counts)
             ranks = np.asarray(qs) / 100.0 * (cumulative[-1] - 1)  # numpy's "linear" positions
             i = np.searchsorted(cumulative, ranks, side="right")
             before = np.where(i > 0, cumulative[i - 1], 0)
             bucket = used[i]
-            values = low[bucket] + (ranks - before) / counts[bucket] * (high[bucket] - low[bucket])
+            values = low[bucket] + (ranks - before) / counts[i] * (high[bucket] - low[bucket])
             for column, value in zip(out, np.clip(values, lo[band], hi[band]), strict=True):
                 column.append(float(value))
         return out
+
+
+def _bucket_window(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per band, the lowest and highest bucket of values in [lo, hi]; low > high for an empty band."""
+    empty = ~(lo <= hi)
+    with np.errstate(invalid="ignore", over="ignore"):
+        low, high = _buckets_of(np.where(empty, 0, lo)), _buckets_of(np.where(empty, 0, hi))
+    return np.where(empty, 1, low), np.where(empty, 0, high)
+
+
+def _add_window(into: np.ndarray, into_low: np.ndarray, histogram: FloatHistogram, bands: np.ndarray) -> None:
+    """Add the windows of `histogram`'s `bands` (a mask) into `into`, whose band c starts at bucket `into_low[c]`."""
+    width = histogram.counts.shape[1]
+    for c in np.flatnonzero(bands).tolist():
+        offset = int(histogram.low[c] - into_low[c])
+        into[c, offset : offset + width] += histogram.counts[c]
 
 
 @dataclass
@@ -261,7 +308,7 @@ class SensorAccumulator:
                 classes, n = np.unique(band[band != SENTINEL], return_counts=True)
                 counter.update(dict(zip(classes, n, strict=True)))
         else:
-            self.histogram.add(values, has_sentinel=bool((moments.count < values.shape[0] * values.shape[2]).any()))
+            self.histogram.merge(FloatHistogram.of(values, moments.min, moments.max))
 
     def merge(self, other: SensorAccumulator) -> SensorAccumulator:
         moments = self.moments.merge(other.moments)
@@ -317,69 +364,57 @@ def _read_batches(task: _ShardTask) -> Iterator[dict[str, np.ndarray]]:
         shard.close()
 
 
-def _accumulate(task: _ShardTask, batches: Iterable[dict[str, np.ndarray]]) -> dict[str, SensorAccumulator]:
-    """One shard's partial result, batch by batch in row order."""
+def _batch_partial(task: _ShardTask, batch: dict[str, np.ndarray]) -> dict[str, SensorAccumulator]:
+    """The partial result of one batch: sensor -> its accumulator."""
     categorical = dict(task.sensors)
+    return {name: SensorAccumulator.of(band_view(v, channel_axis=2), categorical[name]) for name, v in batch.items()}
+
+
+def _read_and_reduce(shard: Shard, task: _ShardTask, selection: slice | list[int]) -> dict[str, SensorAccumulator]:
+    return _batch_partial(task, _read_batch(shard, task, selection))
+
+
+def _fold(parts: Iterable[dict[str, SensorAccumulator]]) -> dict[str, SensorAccumulator] | None:
+    """Merge partial results in the order given: batches into a shard, shards into the dataset."""
     total = None
-    for batch in batches:
-        views = {name: band_view(v, channel_axis=2) for name, v in batch.items()}
-        if total is None:
-            total = {name: SensorAccumulator.of(v, categorical[name]) for name, v in views.items()}
-        else:
-            for name, v in views.items():
-                total[name].add(v)
+    for part in parts:
+        total = part if total is None else {name: total[name].merge(acc) for name, acc in part.items()}
     return total
 
 
-def _merged(total: dict[str, SensorAccumulator] | None, part: dict[str, SensorAccumulator]) -> dict[str, SensorAccumulator]:
-    return part if total is None else {name: total[name].merge(acc) for name, acc in part.items()}
-
-
 def _shard_stats(task: _ShardTask) -> dict[str, SensorAccumulator]:
-    """Worker entry point: the partial result of one shard."""
-    return _accumulate(task, _read_batches(task))
+    """Worker entry point: the partial result of one shard, batch by batch in row order."""
+    return _fold(_batch_partial(task, batch) for batch in _read_batches(task))
 
 
 def _partials(tasks: list[_ShardTask], workers: int) -> Iterator[dict[str, SensorAccumulator]]:
     """Each shard's partial result, in shard order.
 
-    One process reduces batch after batch while READER_THREADS threads read
-    the next ones (decompression, pread and numpy release the GIL); several
-    processes take a shard each.
+    One process: STATS_THREADS threads each read a batch and reduce it
+    (pread, decompression and the band kernels release the GIL), and this
+    thread merges their partial results in order, exactly as `_shard_stats`
+    does. Several processes take a shard each.
     """
     if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_one_torch_thread) as pool:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
             yield from pool.map(_shard_stats, tasks)
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # torch's spare threads would spin on the cores the readers need
-    try:
-        # h5py serializes every call under one lock: a second HDF5 reader would only wait.
-        threads = READER_THREADS if tasks[0].storage == "zarr" else 1
-        batches = _read_ahead(tasks, threads)
-        for i, group in itertools.groupby(batches, key=lambda item: item[0]):
-            yield _accumulate(tasks[i], (batch for _, batch in group))
-    finally:
-        torch.set_num_threads(previous)
+    parts = _reduce_ahead(tasks, STATS_THREADS)
+    for _, group in itertools.groupby(parts, key=lambda item: item[0]):
+        yield _fold(part for _, part in group)
 
 
-def _one_torch_thread() -> None:
-    """Pool worker set-up: a forked child whose parent already ran torch's thread pool
-    hangs in its first parallel torch op, unless it keeps torch to its own thread
-    (one worker is one core's worth of work anyway)."""
-    torch.set_num_threads(1)
+def _reduce_ahead(tasks: list[_ShardTask], threads: int) -> Iterator[tuple[int, dict[str, SensorAccumulator]]]:
+    """(task index, partial result) for every batch of every task, in order, from `threads` threads.
 
-
-def _read_ahead(tasks: list[_ShardTask], threads: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """(task index, batch) for every batch of every task, in order, read by `threads` threads.
-
-    At most `threads` batches are read ahead of the consumer, which bounds memory
-    to a few BATCH_BYTES. Each shard is opened once, and closed after its last batch.
+    At most `threads` batches are in flight ahead of the consumer, which bounds
+    memory to a few BATCH_BYTES. Each shard is opened once, and closed after its
+    last batch.
     """
     pending: deque[tuple[int, Future, Shard | None]] = deque()  # the shard: set on its last batch
     open_shards: set[Shard] = set()
 
-    def finish() -> tuple[int, dict[str, np.ndarray]]:
+    def finish() -> tuple[int, dict[str, SensorAccumulator]]:
         i, future, shard_done = pending.popleft()
         batch = future.result()
         if shard_done is not None:
@@ -388,14 +423,14 @@ def _read_ahead(tasks: list[_ShardTask], threads: int) -> Iterator[tuple[int, di
         return i, batch
 
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stats-read") as pool:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stats") as pool:
             for i, task in enumerate(tasks):
                 shard = Shard(task.path, task.storage)
                 open_shards.add(shard)
                 selections = _selections(task, shard)
                 for k, selection in enumerate(selections):
                     last = shard if k == len(selections) - 1 else None
-                    pending.append((i, pool.submit(_read_batch, shard, task, selection), last))
+                    pending.append((i, pool.submit(_read_and_reduce, shard, task, selection), last))
                     while len(pending) > threads:
                         yield finish()
             while pending:
@@ -424,10 +459,13 @@ def compute_stats(
     chosen = _choose_samples(len(reader), max_samples, seed)
     tasks = _shard_tasks(reader, chosen)
     bar = tqdm(total=len(chosen), desc="stats", unit="sample", disable=not progress)
-    totals = None
-    for task, part in zip(tasks, _partials(tasks, workers), strict=True):
-        totals = _merged(totals, part)  # in shard order, whatever the number of workers
-        bar.update(len(task.rows))
+
+    def shard_partials() -> Iterator[dict[str, SensorAccumulator]]:
+        for task, part in zip(tasks, _partials(tasks, workers), strict=True):
+            yield part
+            bar.update(len(task.rows))
+
+    totals = _fold(shard_partials())  # in shard order, whatever the number of workers
     bar.close()
 
     payload = {
