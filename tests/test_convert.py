@@ -19,7 +19,12 @@ from spacenit.cli import main
 from spacenit.conversion.convert import ConversionError, convert
 from spacenit.conversion.discover import InputLayoutError
 from spacenit.conversion.merge import MergeError, merge_datasets
-from spacenit.data.format import FORMAT_VERSION, DatasetFormatError, load_dataset_info
+from spacenit.data.format import (
+    FORMAT_VERSION,
+    DatasetFormatError,
+    load_dataset_info,
+    readable_json,
+)
 from spacenit.data.shards import DatasetReader
 from spacenit.sensors import SENTINEL, SENTINEL2_L1C
 from tests.rasters import write_tif
@@ -200,6 +205,16 @@ def test_readers_check_the_format_version(synthetic_dataset: Path, tmp_path: Pat
     (copy / "dataset.json").write_text(json.dumps(payload))
     with pytest.raises(DatasetFormatError, match="format version"):
         DatasetReader(copy)
+
+
+def test_dataset_json_is_the_same_json_laid_out_a_record_per_line(synthetic_dataset: Path) -> None:
+    text = (synthetic_dataset / "dataset.json").read_text()
+    payload = json.loads(text)
+    records = [line.strip().rstrip(",") for line in text.splitlines() if line.startswith('  {"id": ')]
+    assert [json.loads(r) for r in records] == payload["samples"]  # one line each
+    # Whatever the payload, the layout encodes what json.dumps does.
+    odd = {"n": 1, 2: [{"a": float("inf")}, [1, 2]], "deep": {"x": {"y": {"z": [True, None]}}}, "e": [], "f": {}}
+    assert json.loads(readable_json(odd)) == json.loads(json.dumps(odd))
 
 
 def test_duplicate_sample_ids_are_reported_naming_each_other(tmp_path: Path) -> None:

