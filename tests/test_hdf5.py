@@ -129,7 +129,32 @@ def test_shards_of_the_first_format_2_codec_still_read(tmp_path: Path) -> None:
     with h5py.File(tmp_path / "old.h5", "w") as f:
         f.attrs["spacenit"] = "{}"
         f.create_dataset("sentinel2_l2a", data=data, chunks=(1, *data.shape[1:]), shuffle=True, **hdf5plugin.Zstd(clevel=1))
-    np.testing.assert_array_equal(Shard(tmp_path / "old.h5", "hdf5").read("sentinel2_l2a", [0, 2]), data[[0, 2]])
+    old = Shard(tmp_path / "old.h5", "hdf5")
+    assert old._sample_reader("sentinel2_l2a") is None  # not blosc: h5py decodes it
+    np.testing.assert_array_equal(old.read("sentinel2_l2a", [0, 2]), data[[0, 2]])
+    old.close()
+
+
+def test_direct_hdf5_sample_reads_equal_h5py_and_refuse_a_chunk_of_the_wrong_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    data = {"sentinel2_l2a": rng.normal(1000, 300, size=(4, 2, 3, 8, 8)).astype(np.float32),
+            "era5": rng.normal(280, 5, size=(4, 3, 4)).astype(np.float32)}  # fmt: skip
+    write_shard(tmp_path / "s.h5", data, {"records": []}, "hdf5")
+    shard = Shard(tmp_path / "s.h5", "hdf5")
+    for sensor, whole in data.items():
+        assert shard._sample_reader(sensor) is not None  # the direct path is taken
+        for row in range(4):
+            np.testing.assert_array_equal(shard.read(sensor, row), whole[row])
+        np.testing.assert_array_equal(shard.read(sensor), whole)
+        np.testing.assert_array_equal(shard.read(sensor, [1, 3]), whole[[1, 3]])
+    shard.close()
+    with h5py.File(tmp_path / "s.h5", "r+") as f:  # row 2 of era5 replaced by a chunk of half the values
+        f["era5"].id.write_direct_chunk((2, 0, 0), blosc_codec(CHUNK_BLOSC).encode(data["era5"][2, :, :2].copy()))
+    shard = Shard(tmp_path / "s.h5", "hdf5")
+    np.testing.assert_array_equal(shard.read("era5", 1), data["era5"][1])
+    with pytest.raises(ValueError, match=r"sample 2 of .*s\.h5:/era5 is damaged"):
+        shard.read("era5", 2)
+    shard.close()
 
 
 def test_damaged_zarr_shard_index_is_an_error(synthetic_dataset: Path, tmp_path: Path) -> None:
@@ -169,7 +194,7 @@ def test_zarr_shards_we_write_read_back_through_zarr_python(tmp_path: Path) -> N
     assert sorted(p.name for p in (tmp_path / "s.zarr" / "era5").rglob("*") if p.is_file()) == ["0", "zarr.json"]
     # The metadata is what zarr-python itself writes for such an array.
     for name, data in arrays.items():
-        reference = zarr.create_array(
+        zarr.create_array(
             store=str(tmp_path / f"ref-{name}"), shape=data.shape, chunks=(1, *data.shape[1:]), shards=data.shape,
             dtype="float32", fill_value=SENTINEL,
             compressors=BloscCodec(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=CHUNK_BLOSC["shuffle"]),

@@ -271,14 +271,67 @@ class _ZarrSampleReader:
             out.fill(self._fill_value)
             return out
         raw = os.pread(self._fd, nbytes, offset)
-        # Bytes 4-8 of a blosc chunk's header: its decoded size.
-        if len(raw) != nbytes or int.from_bytes(raw[4:8], "little") != out.nbytes:
-            raise ValueError(f"sample {row} of {self._path} is damaged (its chunk does not decode to {out.shape})")
-        self._blosc.decode(raw, out=out)
-        return out
+        if len(raw) != nbytes:
+            raise ValueError(f"sample {row} of {self._path} is damaged (its chunk is cut short)")
+        return _decode_sample(self._blosc, raw, out, f"sample {row} of {self._path}")
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _decode_sample(blosc: numcodecs.Blosc, raw: bytes, out: np.ndarray, what: str) -> np.ndarray:
+    """Decode one blosc chunk into `out`, refusing one that would not fill it exactly."""
+    # Bytes 4-8 of a blosc chunk's header: its decoded size.
+    if len(raw) < 16 or int.from_bytes(raw[4:8], "little") != out.nbytes:
+        raise ValueError(f"{what} is damaged (its chunk does not decode to {out.shape})")
+    blosc.decode(raw, out=out)
+    return out
+
+
+#: HDF5's registered id of the blosc filter (hdf5plugin.Blosc).
+HDF5_BLOSC_FILTER = 32001
+
+
+class _Hdf5SampleReader:
+    """Reads one sample of an HDF5 array written by SpaceNit: its raw chunk, decoded here.
+
+    h5py serializes every call under one lock, decompression included, so threads
+    reading one file wait for each other. Reading the compressed chunk through h5py
+    (`read_direct_chunk`, a fraction of the work) and decoding it with blosc here
+    (which lets go of the GIL) lets `stats`' threads and a loader's decompress side by side.
+    """
+
+    def __init__(self, dataset: h5py.Dataset) -> None:
+        self._dataset, self._shape = dataset, tuple(dataset.shape)
+        self._name = f"{dataset.file.filename}:{dataset.name}"
+        self._blosc = numcodecs.Blosc()  # decoding reads the settings from each chunk's header
+
+    @classmethod
+    def for_dataset(cls, dataset: h5py.Dataset) -> _Hdf5SampleReader | None:
+        """A reader for `dataset` if it is laid out as `_write_hdf5` writes it, else None (h5py reads it)."""
+        plist = dataset.id.get_create_plist()
+        ours = (
+            dataset.dtype == np.dtype("<f4") and dataset.chunks == (1, *dataset.shape[1:])
+            and plist.get_nfilters() == 1 and plist.get_filter(0)[0] == HDF5_BLOSC_FILTER
+        )  # fmt: skip
+        return cls(dataset) if ours else None
+
+    def read(self, row: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One sample; decoded straight into `out` (C-contiguous float32 of its shape) when given."""
+        if out is None:
+            out = np.empty(self._shape[1:], dtype=np.float32)
+        try:
+            skipped_filters, raw = self._dataset.id.read_direct_chunk((row,) + (0,) * (len(self._shape) - 1))
+        except (KeyError, OSError, ValueError):  # a chunk never written (or out of range): h5py knows
+            out[...] = self._dataset[row]
+            return out
+        if skipped_filters:  # HDF5 stored this chunk uncompressed
+            out[...] = np.frombuffer(raw, dtype="<f4").reshape(out.shape)
+            return out
+        return _decode_sample(self._blosc, raw, out, f"sample {row} of {self._name}")
+
+    def close(self) -> None:
+        pass
 
 
 class Shard:
@@ -294,7 +347,7 @@ class Shard:
         else:
             raise ValueError(f"unknown storage {storage!r}; use one of {STORAGES}")
         self._arrays: dict = {}
-        self._sample_readers: dict[str, _ZarrSampleReader | None] = {}
+        self._sample_readers: dict[str, _ZarrSampleReader | _Hdf5SampleReader | None] = {}
         # Threads may read one shard together (stats reads ahead): what is opened lazily
         # is opened once, under this lock.
         self._opening = threading.Lock()
@@ -315,20 +368,23 @@ class Shard:
         """Shape of one sensor's array: (N, T, C, H, W) or (N, T, C)."""
         return tuple(self._array(sensor).shape)
 
-    def _sample_reader(self, sensor: str) -> _ZarrSampleReader | None:
+    def _sample_reader(self, sensor: str) -> _ZarrSampleReader | _Hdf5SampleReader | None:
         array = self._array(sensor)
         with self._opening:
             if sensor not in self._sample_readers:
-                self._sample_readers[sensor] = _ZarrSampleReader.for_array(array, self.path / sensor)
+                if self.storage == "zarr":
+                    self._sample_readers[sensor] = _ZarrSampleReader.for_array(array, self.path / sensor)
+                else:
+                    self._sample_readers[sensor] = _Hdf5SampleReader.for_dataset(array)
             return self._sample_readers[sensor]
 
     def read(self, sensor: str, rows: int | slice | Sequence[int] = slice(None)) -> np.ndarray:
         """Rows of one sensor's array: one sample `(T, ...)`, or `(n, T, ...)` for a slice or list."""
-        if self.storage == "zarr" and (reader := self._sample_reader(sensor)):
+        if reader := self._sample_reader(sensor):
             if isinstance(rows, int):
                 return reader.read(rows)
-            # Row by row into one array: several times faster than zarr's own read of the
-            # same rows, and it holds the GIL only briefly (pread and blosc release it).
+            # Row by row into one array: faster than zarr's or h5py's own read of the same
+            # rows, and it holds the GIL and h5py's lock only briefly (blosc releases both).
             rows = range(self.shape(sensor)[0])[rows] if isinstance(rows, slice) else rows
             out = np.empty((len(rows), *self.shape(sensor)[1:]), dtype=np.float32)
             for i, row in enumerate(rows):
