@@ -21,6 +21,7 @@ a Kubeflow ParallelFor fans out.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -477,11 +478,18 @@ def convert_sample(
     if all(_all_sentinel(a) for a in arrays.values()):
         raise EmptyTileError(f"{anchor}: every pixel of sample {sample.id!r} is nodata on its tile")
     record = SampleRecord(
-        id=sample.id, shard="", row=-1, crs=grid.crs.to_string(), bounds=grid.bounds,
+        id=sample.id, shard="", row=-1, crs=_crs_name(grid.crs.to_wkt()), bounds=grid.bounds,
         dates=dates, present=present, label=sample.label, split=sample.split,
         labels=list(sample.labels) if sample.labels is not None else None,
     )  # fmt: skip
     return arrays, record
+
+
+@functools.lru_cache(maxsize=64)
+def _crs_name(wkt: str) -> str:
+    """"EPSG:32629" (or the WKT) of a CRS. A dataset's samples share a few CRSs, and naming
+    one searches PROJ's database: 47 us a EuroSAT chip, 22 us with this cache."""
+    return CRS.from_wkt(wkt).to_string()
 
 
 def _all_sentinel(array: np.ndarray) -> bool:
