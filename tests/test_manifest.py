@@ -106,6 +106,7 @@ def test_every_bad_row_fails_its_sample_with_line_and_reason(tmp_path: Path) -> 
         write_tif(root / f"{name}.tif", rng.integers(1, 3000, (2, 8, 8), dtype=np.uint16).astype(np.float32))
     outside = write_tif(tmp_path / "outside.tif", np.ones((2, 8, 8), np.float32))
     os.symlink(outside, root / "link.tif")
+    os.symlink(tmp_path, root / "linked_folder")  # a folder under the root that lies outside it
     s1 = {"sensor": "sentinel1", "date": "2021-01-01"}
     rows = [
         {"sample_id": "ok", "path": "good.tif", **s1},
@@ -120,6 +121,7 @@ def test_every_bad_row_fails_its_sample_with_line_and_reason(tmp_path: Path) -> 
         {"sample_id": "dup", "path": "other.tif", **s1},
         {"sample_id": "label", "path": "good.tif", "label": "a", **s1},
         {"sample_id": "label", "path": "other.tif", "label": "b", "sensor": "sentinel1", "date": "2021-02-01"},
+        {"sample_id": "folder", "path": "linked_folder/outside.tif", **s1},
     ]
     report = convert(root, tmp_path / "ds", manifest=_write_csv(tmp_path / "m.csv", rows), tile_size_px=8, progress=False)
     assert report.num_samples == 1
@@ -131,6 +133,7 @@ def test_every_bad_row_fails_its_sample_with_line_and_reason(tmp_path: Path) -> 
         "date": "date 'June' is not an ISO date", "band": "has no band(s) ['HH']",
         "dup": "line 11: sample id 'dup' already has sentinel1 on date 2021-01-01",
         "label": "line 13: label/labels/split (b, None, None) differ from line 12",
+        "folder": "line 14: path 'linked_folder/outside.tif' escapes",
     }  # fmt: skip
     assert set(reasons) == set(expected)
     for sample_id, text in expected.items():

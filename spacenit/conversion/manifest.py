@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +70,31 @@ def read_manifest(manifest: str | Path, root: str | Path) -> list[SampleInput]:
         raise ManifestError(f"manifest {manifest} has no rows; add one row per GeoTIFF ({', '.join(REQUIRED_COLUMNS)})")
     samples: dict[str, SampleInput] = {}
     first_row: dict[str, ManifestRow] = {}
+    real_root, resolve = root.resolve(), _resolver()
     for row in rows:
         sample = samples.setdefault(
             row.sample_id, SampleInput(id=row.sample_id, label=row.label, split=row.split, labels=row.labels)
         )
         first = first_row.setdefault(row.sample_id, row)
-        _add_row(sample, row, first, root.resolve(), manifest)
+        _add_row(sample, row, first, real_root, manifest, resolve)
     return list(samples.values())
+
+
+def _resolver() -> Callable[[Path], Path]:
+    """`Path.resolve` for many files in a few folders: each folder is resolved once (a
+    resolve checks every component of the path), and a file only when it is a symlink."""
+    folders: dict[Path, Path] = {}
+
+    def resolve(path: Path) -> Path:
+        if path.name in ("", ".", ".."):
+            return path.resolve()
+        folder = folders.get(path.parent)
+        if folder is None:
+            folder = folders[path.parent] = path.parent.resolve()
+        real = folder / path.name
+        return real.resolve() if real.is_symlink() else real
+
+    return resolve
 
 
 def _parse(manifest: Path) -> Iterator[ManifestRow]:
@@ -147,11 +165,14 @@ def _row(manifest: Path, line: int, record: dict) -> ManifestRow:
     )  # fmt: skip
 
 
-def _add_row(sample: SampleInput, row: ManifestRow, first: ManifestRow, root: Path, manifest: Path) -> None:
+def _add_row(
+    sample: SampleInput, row: ManifestRow, first: ManifestRow, root: Path, manifest: Path, resolve: Callable[[Path], Path]
+) -> None:
     """Add `row` to `sample`, or mark the sample failed with the row's problem."""
     where = f"{manifest} line {row.line}"
     path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
-    problem = _row_problem(row, path, root, first)
+    real = resolve(path)
+    problem = _row_problem(row, path, real, root, first)
     acquisitions = sample.files.setdefault(row.sensor, [])
     same_date = next((a for a in acquisitions if a.date == _iso_date(row.date)), None)
     if problem is None and same_date is not None:
@@ -159,7 +180,7 @@ def _add_row(sample: SampleInput, row: ManifestRow, first: ManifestRow, root: Pa
     if problem is not None:
         sample.fail(f"{where}: {problem}", path)
         return
-    raster = RasterFile(path.resolve(), row.bands)
+    raster = RasterFile(real, row.bands)
     if same_date is None:
         acquisitions.append(Acquisition(_iso_date(row.date), [raster]))
         acquisitions.sort(key=lambda a: a.date)
@@ -167,12 +188,12 @@ def _add_row(sample: SampleInput, row: ManifestRow, first: ManifestRow, root: Pa
         same_date.rasters.append(raster)
 
 
-def _row_problem(row: ManifestRow, path: Path, root: Path, first: ManifestRow) -> str | None:
+def _row_problem(row: ManifestRow, path: Path, real: Path, root: Path, first: ManifestRow) -> str | None:
     if row.sensor not in REGISTRY:
         return f"unknown sensor {row.sensor!r}; known sensors: {REGISTRY.names()} (or add yours with --sensor-yaml)"
-    if not path.resolve().is_relative_to(root):
+    if not real.is_relative_to(root):
         return f"path {row.path!r} escapes the input root {root}; a manifest may only name files under it"
-    if not path.is_file():
+    if not real.is_file():
         return f"{path} does not exist"
     if row.date and not _iso_date(row.date):
         return f"date {row.date!r} is not an ISO date (YYYY-MM-DD)"
