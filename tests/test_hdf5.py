@@ -47,6 +47,18 @@ def test_hdf5_holds_what_zarr_holds(hdf5_dataset: Path, synthetic_dataset: Path)
             np.testing.assert_array_equal(a.data[sensor], array)
 
 
+def test_hdf5_chunks_compressed_by_two_workers_read_as_those_of_one(hdf5_dataset: Path, synthetic_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "two"
+    assert convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, storage="hdf5", workers=2, progress=False).ok
+    one, two = DatasetReader(hdf5_dataset), DatasetReader(out)
+    for i in range(len(one)):
+        for sensor, array in one[i].data.items():
+            np.testing.assert_array_equal(two[i].data[sensor], array)
+    with h5py.File(out / "shards" / "shard-00000.h5", "r") as f, h5py.File(hdf5_dataset / "shards" / "shard-00000.h5", "r") as g:
+        for sensor in one.info.sensors:  # HDF5's own filter decodes them too
+            np.testing.assert_array_equal(f[sensor][...], g[sensor][...])
+
+
 def test_hdf5_shards_are_lz4_bitshuffle_compressed_one_chunk_per_sample(hdf5_dataset: Path) -> None:
     info = load_dataset_info(hdf5_dataset)
     with h5py.File(hdf5_dataset / "shards" / "shard-00000.h5", "r") as f:
@@ -140,6 +152,9 @@ def test_direct_hdf5_sample_reads_equal_h5py_and_refuse_a_chunk_of_the_wrong_siz
     data = {"sentinel2_l2a": rng.normal(1000, 300, size=(4, 2, 3, 8, 8)).astype(np.float32),
             "era5": rng.normal(280, 5, size=(4, 3, 4)).astype(np.float32)}  # fmt: skip
     write_shard(tmp_path / "s.h5", data, {"records": []}, "hdf5")
+    with h5py.File(tmp_path / "s.h5", "r") as f:  # chunks written compressed decode through HDF5's blosc filter
+        for sensor, whole in data.items():
+            np.testing.assert_array_equal(f[sensor][...], whole)
     shard = Shard(tmp_path / "s.h5", "hdf5")
     for sensor, whole in data.items():
         assert shard._sample_reader(sensor) is not None  # the direct path is taken

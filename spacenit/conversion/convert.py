@@ -344,18 +344,17 @@ def _convert_shards(plans: list[_ShardPlan], workers: int, bar: tqdm) -> list[_S
     """Convert the samples of `plans` in parallel and write each shard as soon as it is complete.
 
     A writer thread writes shard k while the samples of shard k+1 are converted;
-    at most one shard waits for it, which bounds memory. Zarr samples are
-    compressed as they come: by the workers when there are several, else by the
-    writer thread, sample by sample on the second core, so that even a dataset
-    of one shard overlaps reading and compressing.
+    at most one shard waits for it, which bounds memory. Samples are compressed
+    as they come (Zarr and HDF5 store the same chunks): by the workers when there
+    are several, else by the writer thread, sample by sample on the second core,
+    so that even a dataset of one shard overlaps reading and compressing.
     """
     if not plans:
         return []
     plans[0].path.parent.mkdir(parents=True, exist_ok=True)
     contents, options = plans[0].contents, plans[0].options  # the same for every shard
     samples = [sample for plan in plans for sample in plan.samples]
-    zarr = options.storage == "zarr"
-    encode_in_workers = workers > 1 and zarr
+    encode_in_workers = workers > 1
     tasks = [
         (samples[i : i + SAMPLES_PER_TASK], contents, options, encode_in_workers)
         for i in range(0, len(samples), SAMPLES_PER_TASK)
@@ -367,7 +366,7 @@ def _convert_shards(plans: list[_ShardPlan], workers: int, bar: tqdm) -> list[_S
             shard_outcomes, encodes = [], []
             for _ in plan.samples:
                 outcome = next(outcomes)
-                if zarr and not encode_in_workers:  # runs before the shard's write, queued after it
+                if not encode_in_workers:  # runs before the shard's write, queued after it
                     encodes.append(writer.submit(_encode_outcome, outcome))
                 shard_outcomes.append(outcome)
                 bar.update()

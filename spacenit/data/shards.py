@@ -57,7 +57,7 @@ _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 @dataclass
 class EncodedRows:
-    """Rows of one sensor's array already compressed as Zarr chunks, one chunk per row.
+    """Rows of one sensor's array already compressed as shard chunks (Zarr or HDF5), one per row.
 
     Conversion workers compress their samples themselves (`encode_rows`), so the
     process that writes the shard only concatenates bytes: with several workers,
@@ -74,7 +74,7 @@ class EncodedRows:
 
 
 def encode_rows(data: np.ndarray) -> EncodedRows:
-    """Compress `data` (N, ...) row by row as `_write_zarr` would."""
+    """Compress `data` (N, ...) row by row, as a shard stores it."""
     data = np.ascontiguousarray(data, dtype=np.float32)
     blosc = blosc_codec(CHUNK_BLOSC)
     return EncodedRows(tuple(data.shape), [blosc.encode(row) for row in data])
@@ -91,7 +91,7 @@ def blosc_codec(config: dict) -> numcodecs.Blosc:
 def write_shard(
     path: Path, arrays: dict[str, np.ndarray | EncodedRows], attrs: dict | None = None, storage: str = "zarr"
 ) -> None:
-    """Write `arrays` (sensor -> (N, ...), or its `EncodedRows` for Zarr) and `attrs` as one shard, atomically.
+    """Write `arrays` (sensor -> (N, ...), or its `EncodedRows`) and `attrs` as one shard, atomically.
 
     The shard is built under a temporary name beside `path` and renamed into
     place, so an interrupted write never leaves a half shard under `path`.
@@ -182,18 +182,26 @@ def _write_shard_file(path: Path, encoded: EncodedRows) -> None:
         f.write(google_crc32c.value(index).to_bytes(4, "little"))
 
 
-def _write_hdf5(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+def _write_hdf5(path: Path, arrays: dict[str, np.ndarray | EncodedRows], attrs: dict) -> None:
+    """One HDF5 file: a dataset per sensor, declared with the blosc filter, whose chunks
+    (one sample each) are written already compressed (`write_direct_chunk`): the same
+    bytes as Zarr's, compressed wherever the Zarr ones are, and any HDF5 reader with
+    the blosc filter (hdf5plugin) decodes them."""
     with h5py.File(path, "w") as f:
         f.attrs[HDF5_ATTRS] = json.dumps(attrs)
         for name, data in arrays.items():
-            data = np.ascontiguousarray(data, dtype=np.float32)
-            f.create_dataset(
+            encoded = data if isinstance(data, EncodedRows) else encode_rows(data)
+            dataset = f.create_dataset(
                 name,
-                data=data,
-                chunks=(1, *data.shape[1:]),
+                shape=encoded.shape,
+                dtype="<f4",
+                chunks=(1, *encoded.shape[1:]),
                 fillvalue=SENTINEL,
                 **hdf5plugin.Blosc(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=_BLOSC_SHUFFLE[CHUNK_BLOSC["shuffle"]]),
             )
+            origin = (0,) * (len(encoded.shape) - 1)
+            for row, chunk in enumerate(encoded.chunks):
+                dataset.id.write_direct_chunk((row, *origin), chunk)
 
 
 @dataclass(frozen=True)
