@@ -205,16 +205,14 @@ def read_acquisition(
             )
         georef = georeference(src, raster.path, sensor, assume_crs)
         image = read_on_grid(src, raster.path, georef, file_bands, grid, categorical=sensor.categorical)
+        delivered.update(dict.fromkeys(positions, raster.path))
         if out is None and positions == list(range(sensor.num_bands)):
             out = image  # one file with every band, in order (the common case): no copy
-        else:
-            if out is None:
-                out = np.full((sensor.num_bands, grid.height, grid.width), SENTINEL, dtype=np.float32)
-            out[positions] = image
-        delivered.update(dict.fromkeys(positions, raster.path))
-    if out is None:
-        out = np.full((sensor.num_bands, grid.height, grid.width), SENTINEL, dtype=np.float32)
-    return out
+            continue
+        if out is None:
+            out = np.full((sensor.num_bands, grid.height, grid.width), SENTINEL, dtype=np.float32)
+        out[positions] = image
+    return out if out is not None else np.full((sensor.num_bands, grid.height, grid.width), SENTINEL, np.float32)
 
 
 def read_on_grid(

@@ -162,10 +162,11 @@ class FloatHistogram:
     Buckets are numbered in value order (`band_kernels._bucket`), so a band's
     buckets lie together, and so do those of a band of both signs.
 
-    A band fills a few hundred of the 65536 buckets, so each band keeps only a
-    window of them: `counts[c, k]` is the count of bucket `low[c] + k`. Full-length
-    counts per batch cost more than the counting (6.8 MB to zero and add per
-    13-band batch); windows cost a few kilobytes, also to send between processes.
+    A band fills a few hundred of the 65536 buckets (tens of thousands if its values
+    cross zero), so each band keeps only a window of them: `counts[c, k]` is the count
+    of bucket `low[c] + k`. Full-length counts per batch cost more than the counting
+    (6.8 MB to zero and add per 13-band batch); windows cost a few kilobytes, also to
+    send between processes.
 
     Only every HISTOGRAM_STRIDE-th value along a row is counted: counting is the
     most expensive part of `stats`. Sampling a quarter of the values moves a
@@ -203,10 +204,6 @@ class FloatHistogram:
         low = np.where(used, ranges[:, 0], 0)
         span = int((ranges[used, 1] - low[used]).max()) + 1
         return cls(low, bucket_counts(values, HISTOGRAM_STRIDE, low, span)[0])
-
-    def add(self, values: np.ndarray) -> None:
-        """Count `values` too, in place."""
-        self.merge(FloatHistogram.of(values))
 
     def merge(self, other: FloatHistogram) -> FloatHistogram:
         """Fold `other` into this histogram, in place; each band's window grows to cover both.
