@@ -13,7 +13,9 @@ CPU time (throughput per CPU second), which a busy machine disturbs less.
 
 The machine may be shared: the script also measures how much faster two
 processes finish a pure-Python loop than one (the parallel ceiling right
-now), so a low 2-worker speed-up can be told apart from a busy machine, and
+now), and copy memory (the memory ceiling: conversion decodes, casts and
+compresses, and two vCPUs may share one memory bandwidth), so a low 2-worker
+speed-up can be told apart from a busy or bandwidth-bound machine, and
 projects the 2-worker speed-up on 2 free cores from CPU times: the CPU
 seconds of 1 worker over max(parent, workers / 2, all / 2) of 2 workers.
 """
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
@@ -128,15 +131,33 @@ def _spin(n: int) -> int:
     return total
 
 
+def _copy(repeats: int) -> None:
+    source = np.ones(10 * 2**20, dtype=np.float32)  # 40 MB: more than the L3 cache
+    target = np.empty_like(source)
+    for _ in range(repeats):
+        np.copyto(target, source)
+
+
 def parallel_ceiling(n: int = 3_000_000) -> float:
     """How much faster 2 processes run two CPU-bound loops than 1 process, on this machine now."""
-    start = time.perf_counter()
-    _spin(n), _spin(n)
-    one = time.perf_counter() - start
+    return _two_vs_one(_spin, n)
+
+
+def memory_ceiling(repeats: int = 20) -> float:
+    """The same for copying memory: decoding, encoding and casting rasters are bound by the
+    memory bandwidth, which the two cores of a virtual machine may share."""
+    return _two_vs_one(_copy, repeats)
+
+
+def _two_vs_one(work: Callable[[int], object], size: int) -> float:
+    """How much faster 2 processes do `work(size)` each than 1 process does `work(2 * size)`."""
     with ProcessPoolExecutor(2) as pool:
-        list(pool.map(_spin, [1, 1]))  # start the workers outside the timing
+        list(pool.map(work, [1, 1]))  # start the workers outside the timing
         start = time.perf_counter()
-        list(pool.map(_spin, [n, n]))
+        list(pool.map(work, [2 * size]))
+        one = time.perf_counter() - start
+        start = time.perf_counter()
+        list(pool.map(work, [size, size]))
         two = time.perf_counter() - start
     return one / two
 
@@ -146,7 +167,7 @@ def bench_set(name: str, data: Path, work: Path, repeats: int) -> dict:
     files = input_files(options)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     times: dict[str, list[float]] = {k: [] for k in ("read", "read_cpu", "convert_1", "convert_1_cpu", "convert_2", "projected_2")}
-    ceilings = []
+    ceilings, memory_ceilings = [], []
     for r in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
         plain_read(files)
@@ -165,6 +186,7 @@ def bench_set(name: str, data: Path, work: Path, repeats: int) -> dict:
                 times["projected_2"].append(max(parent_cpu, children_cpu / 2, (parent_cpu + children_cpu) / 2))
             assert report.ok, report.failures[:3]
         ceilings.append(parallel_ceiling())
+        memory_ceilings.append(memory_ceiling())
     median = {k: statistics.median(v) for k, v in times.items()}
     return {
         "set": name, "files": len(files), "samples": report.num_samples, "mb": megabytes,
@@ -174,6 +196,7 @@ def bench_set(name: str, data: Path, work: Path, repeats: int) -> dict:
         "cpu_ratio_1_vs_read": median["read_cpu"] / median["convert_1_cpu"],
         "speedup_2_vs_1": median["convert_1"] / median["convert_2"],
         "ceiling_2_vs_1": statistics.median(ceilings),
+        "memory_ceiling_2_vs_1": statistics.median(memory_ceilings),
         "projected_speedup_2": median["convert_1_cpu"] / median["projected_2"],
     }  # fmt: skip
 
@@ -188,15 +211,16 @@ def main() -> None:
         print(f"skipped: no real data at {args.data}")
         return
     print(f"{'set':12s} {'files':>5s} {'MB':>6s} {'read MB/s':>9s} {'conv1 MB/s':>10s} {'conv2 MB/s':>10s} "
-          f"{'conv1/read':>10s} {'conv2/conv1':>11s} {'2-proc ceiling':>14s} {'CPU conv1/read':>14s} "
+          f"{'conv1/read':>10s} {'conv2/conv1':>11s} {'2-proc ceiling':>14s} {'memory ceiling':>14s} {'CPU conv1/read':>14s} "
           f"{'2 free cores':>12s}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sets:
             r = bench_set(name, args.data, Path(tmp), args.repeats)
             print(f"{r['set']:12s} {r['files']:5d} {r['mb']:6.1f} {r['read_mb_s']:9.1f} {r['convert_1_mb_s']:10.1f} "
                   f"{r['convert_2_mb_s']:10.1f} {r['ratio_1_vs_read']:10.2f} {r['speedup_2_vs_1']:11.2f} "
-                  f"{r['ceiling_2_vs_1']:14.2f} {r['cpu_ratio_1_vs_read']:14.2f} {r['projected_speedup_2']:12.2f}")  # fmt: skip
-    print("targets: conv1/read >= 0.5, conv2/conv1 >= 1.7 (bounded by the 2-process ceiling); medians of "
+                  f"{r['ceiling_2_vs_1']:14.2f} {r['memory_ceiling_2_vs_1']:14.2f} {r['cpu_ratio_1_vs_read']:14.2f} "
+                  f"{r['projected_speedup_2']:12.2f}")  # fmt: skip
+    print("targets: conv1/read >= 0.5, conv2/conv1 >= 1.7 (bounded by the 2-process ceilings); medians of "
           f"{args.repeats} repeats")
 
 
