@@ -317,3 +317,23 @@ def test_batches_cover_each_shard_in_order_and_a_one_batch_shard_is_split(synthe
         assert [len(rows_of([s])) for s in pairs][:-1] == [2] * (len(pairs) - 1) and rows_of(pairs) == list(task.rows)
     finally:
         shard.close()
+
+
+def test_warm_up_compiles_the_kernels_for_the_band_views_stats_gives_them(tmp_path: Path) -> None:
+    # The images run warm_up at build time; it is only worth it if stats then finds the
+    # very signatures compiled: float32 band views of the shards' arrays.
+    script = (
+        "import numpy as np\n"
+        "from spacenit.data import band_kernels as k\n"
+        "from spacenit.data.stats import SensorAccumulator, band_view\n"
+        "k.warm_up()\n"
+        "before = {f: len(getattr(k, f).signatures) for f in ('band_sums', 'bucket_range', 'bucket_counts')}\n"
+        "values = np.full((3, 1, 4, 16, 16), 7.0, np.float32)\n"
+        "values[0, 0, 1, :2] = -99999.0\n"
+        "SensorAccumulator.of(band_view(values, channel_axis=2), categorical=False)\n"
+        "after = {f: len(getattr(k, f).signatures) for f in before}\n"
+        "assert before == after == {f: 1 for f in before}, (before, after)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    assert any((tmp_path / "numba").rglob("*.nbi"))  # the cache an image ships
