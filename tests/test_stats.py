@@ -20,6 +20,7 @@ from spacenit.data.standardizer import Standardizer
 from spacenit.data.stats import (
     HISTOGRAM_STRIDE,
     PERCENTILES,
+    FloatHistogram,
     RunningMoments,
     SensorAccumulator,
     SensorStats,
@@ -337,3 +338,13 @@ def test_warm_up_compiles_the_kernels_for_the_band_views_stats_gives_them(tmp_pa
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
     assert any((tmp_path / "numba").rglob("*.nbi"))  # the cache an image ships
+
+
+def test_a_value_outside_the_given_range_falls_back_to_the_counted_range() -> None:
+    # -0.0 compares equal to +0.0, so a band's min may be +0.0 while -0.0 sits one bucket
+    # below +0.0's window: such a batch is counted over the range of its own values.
+    values = np.array([[-0.0, 0.0, 1.0, 2.5] * 8], dtype=np.float32)
+    histogram = FloatHistogram.of(values, lo=np.array([0.0]), hi=np.array([2.5]))
+    expected = np.bincount(_value_order_bucket(values[0, ::HISTOGRAM_STRIDE]), minlength=65536)
+    np.testing.assert_array_equal(histogram.dense()[0], expected)
+    assert expected[_value_order_bucket(np.array([-0.0]))[0]] == 8

@@ -486,8 +486,8 @@ def convert_sample(
 
 @functools.lru_cache(maxsize=64)
 def _crs_name(wkt: str) -> str:
-    """"EPSG:32629" (or the WKT) of a CRS. A dataset's samples share a few CRSs, and naming
-    one searches PROJ's database: 47 us a EuroSAT chip, 22 us with this cache."""
+    """The name of a CRS, e.g. EPSG:32629 (or its WKT). A dataset's samples share a few CRSs,
+    and naming one searches PROJ's database: 47 us a EuroSAT chip, 22 us with this cache."""
     return CRS.from_wkt(wkt).to_string()
 
 

@@ -190,20 +190,22 @@ class FloatHistogram:
         """
         values = _contiguous_bands(values, np.dtype("<f4"))
         if lo is not None and hi is not None:
-            low, high = _bucket_window(lo, hi)
-            used = high >= low
-            if used.any():
-                span = int((high - low)[used].max()) + 1
-                counts, misses = bucket_counts(values, HISTOGRAM_STRIDE, np.where(used, low, 0), span)
-                if misses == 0:
-                    return cls(np.where(used, low, 0), counts)
+            histogram = cls._counted(values, *_bucket_window(lo, hi))
+            if histogram is not None:
+                return histogram
         ranges = bucket_range(values, HISTOGRAM_STRIDE)  # no range given, or a value outside it (-0.0)
-        used = ranges[:, 1] >= 0
+        return cls._counted(values, ranges[:, 0], ranges[:, 1])
+
+    @classmethod
+    def _counted(cls, values: np.ndarray, low: np.ndarray, high: np.ndarray) -> FloatHistogram | None:
+        """The histogram over windows [low, high] per band (empty where low > high); None
+        when a value falls outside its band's window."""
+        used = high >= low
         if not used.any():
             return cls.empty(values.shape[1])
-        low = np.where(used, ranges[:, 0], 0)
-        span = int((ranges[used, 1] - low[used]).max()) + 1
-        return cls(low, bucket_counts(values, HISTOGRAM_STRIDE, low, span)[0])
+        low = np.where(used, low, 0)
+        counts, misses = bucket_counts(values, HISTOGRAM_STRIDE, low, int((high - low)[used].max()) + 1)
+        return None if misses else cls(low, counts)
 
     def merge(self, other: FloatHistogram) -> FloatHistogram:
         """Fold `other` into this histogram, in place; each band's window grows to cover both.
