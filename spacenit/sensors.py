@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,51 @@ class BandGroup:
             raise SensorSpecError(f"band group {self.name!r} has no bands")
         if not self.gsd_m > 0:
             raise SensorSpecError(f"band group {self.name!r} has gsd_m={self.gsd_m}; it must be > 0 metres")
+
+
+def grid_name(gsd_m: float) -> str:
+    """The name of a pixel grid by its pixel size: "10m", "20m", "0.6m"."""
+    return f"{gsd_m:g}m"
+
+
+def metres(value: float) -> Fraction:
+    """A ground distance as an exact fraction of millimetres, for whole-pixel arithmetic."""
+    return Fraction(round(float(value) * 1000), 1000)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Bands of one sensor stored on one pixel grid: every band at the same pixel size.
+
+    A sample stores each spatial sensor as one array per grid over the sample's
+    footprint (docs/format.md): Sentinel-2 L2A natively as 10m (B02 B03 B04 B08),
+    20m (B05 B06 B07 B8A B11 B12) and 60m (B01 B09). Bands a file delivers at
+    another resolution than the registry's are stored at the one they have
+    (EuroSAT's 13 bands, all at 10 m, are one 10m grid).
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    gsd_m: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bands", tuple(self.bands))
+        object.__setattr__(self, "gsd_m", float(self.gsd_m))
+        if not self.bands or not self.gsd_m > 0:
+            raise SensorSpecError(f"grid {self.name!r} needs bands and a positive gsd_m, got {self.bands}, {self.gsd_m}")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "bands": list(self.bands), "gsd_m": self.gsd_m}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Grid:
+        return cls(str(d["name"]), tuple(d["bands"]), float(d["gsd_m"]))
+
+
+def grids_of(bands_gsd: dict[str, float], band_order: tuple[str, ...]) -> tuple[Grid, ...]:
+    """Bands -> the grids that hold them: one per distinct pixel size, finest first, bands in `band_order`."""
+    sizes = sorted(set(bands_gsd.values()))
+    return tuple(Grid(grid_name(g), tuple(b for b in band_order if bands_gsd.get(b) == g), g) for g in sizes)
 
 
 @dataclass(frozen=True)
@@ -111,6 +157,14 @@ class SensorSpec:
     @property
     def min_gsd_m(self) -> float:
         return min(g.gsd_m for g in self.groups)
+
+    def native_grids(self) -> tuple[Grid, ...]:
+        """The sensor's bands on their native grids (one per distinct group GSD), finest first."""
+        return grids_of({b: g.gsd_m for g in self.groups for b in g.bands}, self.bands)
+
+    def one_grid(self, gsd_m: float) -> tuple[Grid, ...]:
+        """Every band on one grid of `gsd_m` metres (the layout of upsampled stacks)."""
+        return (Grid(grid_name(gsd_m), self.bands, gsd_m),)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,7 +1,8 @@
 """The SpaceNit dataset on disk: `dataset.json` plus shards (see docs/format.md).
 
 `dataset.json` is the index: format version, shard storage (Zarr or HDF5),
-sensors (bands, groups, GSD), tile size, and one record per sample (id,
+sensors (bands, groups, GSD), the grids each sensor is stored on, the
+footprint (tile size at the reference GSD), and one record per sample (id,
 shard, row, CRS, bounds, dates, presence mask, label, split). Every reader
 calls `load_dataset_info`, which checks the format version before anything
 else is read.
@@ -10,6 +11,8 @@ else is read.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -19,14 +22,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from spacenit.sensors import SensorSpec
+from spacenit.sensors import Grid, SensorSpec, metres
 
 FORMAT_NAME = "spacenit-dataset"
-#: Version 2: HDF5 storage beside Zarr, per-record presence masks, blosc-zstd Zarr chunks.
-FORMAT_VERSION = 2
+#: Version 3: every band group on its own grid at its own GSD (one array per sensor and grid),
+#: a checksum on every chunk, optional per-sample label rasters. Version 2 held every band on
+#: one grid; its datasets are refused with a message saying how to convert them again.
+FORMAT_VERSION = 3
 DATASET_JSON = "dataset.json"
 #: Shard storages a dataset may use (`storage` in dataset.json).
 STORAGES = ("zarr", "hdf5")
+#: How bands are laid out: each at its native GSD, or all resampled onto the reference grid.
+LAYOUTS = ("native", "one_grid")
+#: The shard array holding per-sample label rasters (dense tasks); not a sensor.
+LABEL_RASTER = "label_raster"
 
 
 class DatasetFormatError(ValueError):
@@ -51,6 +60,8 @@ class SampleRecord:
     split: str | None = None
     #: Multi-label samples (BigEarthNet-style): every class that applies, possibly none; `label` is then None.
     labels: list[str] | None = None
+    #: Whether the sample has a label raster (dense tasks); without one its labels read as ignored.
+    label_raster: bool = False
 
     def to_dict(self) -> dict:
         """The record as dataset.json holds it (`asdict` without its deep copy: 10x faster)."""
@@ -65,15 +76,40 @@ class SampleRecord:
             present={k: [bool(x) for x in v] for k, v in (d.get("present") or {}).items()},
             label=d.get("label"), split=d.get("split"),
             labels=list(d["labels"]) if d.get("labels") is not None else None,
+            label_raster=bool(d.get("label_raster", False)),
         )  # fmt: skip
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(SampleRecord))
 
 
+@dataclass(frozen=True)
+class LabelRasterSpec:
+    """Per-pixel labels of a dense task, stored per sample on their own grid over the footprint."""
+
+    gsd_m: float
+    #: The value in the input rasters that means "no label"; stored as the sentinel, read as IGNORE.
+    ignore_value: float = 255.0
+    #: Class names by class value (index), when known.
+    classes: list[str] | None = None
+
+    def to_dict(self) -> dict:
+        return {"gsd_m": self.gsd_m, "ignore_value": self.ignore_value, "classes": self.classes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LabelRasterSpec:
+        return cls(float(d["gsd_m"]), float(d.get("ignore_value", 255.0)), d.get("classes"))
+
+
 @dataclass
 class DatasetInfo:
-    """The parsed `dataset.json`."""
+    """The parsed `dataset.json`.
+
+    A sample's footprint is a square of `tile_size_px` pixels of `gsd_m` metres (the
+    reference grid); each sensor is stored on its `grids`, every grid over the whole
+    footprint at its own pixel size, so a grid has footprint / grid.gsd_m pixels per side
+    (always whole: `convert` picks footprints that make it so).
+    """
 
     sensors: dict[str, SensorSpec]
     tile_size_px: int
@@ -81,8 +117,47 @@ class DatasetInfo:
     #: sensor -> T, the number of timesteps stored per sample (missing ones are sentinel).
     num_timesteps: dict[str, int]
     samples: list[SampleRecord]
+    #: sensor -> the grids its bands are stored on (default: the sensor's native grids).
+    grids: dict[str, tuple[Grid, ...]] = field(default_factory=dict)
     storage: str = "zarr"
+    layout: str = "native"
+    label_raster: LabelRasterSpec | None = None
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        for name, spec in self.sensors.items():
+            if name not in self.grids:
+                self.grids[name] = spec.native_grids()
+        for name, grids in self.grids.items():
+            for grid in grids:
+                if self.sensors[name].spatial:
+                    self.grid_size_px(grid)  # whole pixels, or a clear error
+
+    @property
+    def footprint_m(self) -> float:
+        """Side of every sample's square footprint, in metres of its CRS."""
+        return self.tile_size_px * self.gsd_m
+
+    def grid_size_px(self, grid: Grid | float) -> int:
+        """Pixels per side of a grid (or of a pixel size) over the footprint."""
+        gsd = grid.gsd_m if isinstance(grid, Grid) else float(grid)
+        size = metres(self.footprint_m) / metres(gsd)
+        if size.denominator != 1:
+            raise DatasetFormatError(
+                f"a {self.footprint_m:g} m footprint is not a whole number of {gsd:g} m pixels; "
+                "dataset.json is inconsistent (re-run `spacenit convert`)"
+            )
+        return int(size)
+
+    def grid(self, sensor: str, name: str) -> Grid:
+        for grid in self.grids[sensor]:
+            if grid.name == name:
+                return grid
+        raise KeyError(f"sensor {sensor!r} has no grid {name!r}; its grids are {[g.name for g in self.grids[sensor]]}")
+
+    def array_names(self) -> list[tuple[str, str]]:
+        """(sensor, grid) of every array a shard holds, in dataset order."""
+        return [(sensor, grid.name) for sensor in self.sensors for grid in self.grids[sensor]]
 
     @property
     def classes(self) -> list[str]:
@@ -94,10 +169,13 @@ class DatasetInfo:
             "format": FORMAT_NAME,
             "format_version": self.format_version,
             "storage": self.storage,
+            "layout": self.layout,
             "tile_size_px": self.tile_size_px,
             "gsd_m": self.gsd_m,
             "num_timesteps": self.num_timesteps,
             "sensors": {name: spec.to_dict() for name, spec in self.sensors.items()},
+            "grids": {name: [g.to_dict() for g in grids] for name, grids in self.grids.items()},
+            "label_raster": self.label_raster.to_dict() if self.label_raster else None,
             "num_samples": len(self.samples),
             "classes": self.classes,
             "samples": [s.to_dict() for s in self.samples],
@@ -108,6 +186,12 @@ class DatasetInfo:
         if d.get("format") != FORMAT_NAME:
             raise DatasetFormatError(f"{source} is not a SpaceNit dataset index (format={d.get('format')!r})")
         version = d.get("format_version")
+        if version == 2:
+            raise DatasetFormatError(
+                f"{source} is format version 2 (every band upsampled onto one grid, chunks without "
+                f"checksums); this SpaceNit reads version {FORMAT_VERSION}. Convert the GeoTIFFs again "
+                "with `spacenit convert INPUT_DIR OUTPUT_DIR` (add `--one-grid` for the old one-grid layout)"
+            )
         if version != FORMAT_VERSION:
             raise DatasetFormatError(
                 f"{source} has format version {version}, this SpaceNit reads version {FORMAT_VERSION}; "
@@ -117,16 +201,28 @@ class DatasetInfo:
         if storage not in STORAGES:
             raise DatasetFormatError(f"{source} names the shard storage {storage!r}; readers know {STORAGES}")
         try:
+            sensors = {name: SensorSpec.from_dict(s) for name, s in d["sensors"].items()}
+            grids = {name: tuple(Grid.from_dict(g) for g in gs) for name, gs in d["grids"].items()}
+            for name, spec in sensors.items():
+                stored = sorted(b for g in grids[name] for b in g.bands)
+                if stored != sorted(spec.bands):
+                    raise ValueError(f"the grids of {name!r} hold bands {stored}, the sensor has {sorted(spec.bands)}")
+            label_raster = d.get("label_raster")
             return cls(
-                sensors={name: SensorSpec.from_dict(s) for name, s in d["sensors"].items()},
+                sensors=sensors,
                 tile_size_px=int(d["tile_size_px"]),
                 gsd_m=float(d["gsd_m"]),
                 num_timesteps={k: int(v) for k, v in d["num_timesteps"].items()},
                 samples=[SampleRecord.from_dict(s) for s in d["samples"]],
+                grids=grids,
                 storage=storage,
+                layout=d.get("layout", "native"),
+                label_raster=LabelRasterSpec.from_dict(label_raster) if label_raster else None,
                 format_version=version,
             )
         except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, DatasetFormatError):
+                raise DatasetFormatError(f"{source}: {e}") from None
             raise DatasetFormatError(f"{source} is incomplete or malformed ({e!r}); re-run `spacenit convert`") from None
 
 
@@ -183,6 +279,44 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+#: The lock file a writer of a dataset directory holds (convert, merge, stats).
+LOCK_FILE = ".spacenit.lock"
+
+
+class DatasetLockedError(RuntimeError):
+    """Another process is writing the dataset directory."""
+
+
+@contextlib.contextmanager
+def dataset_lock(root: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the dataset directory `root` while `what` writes it.
+
+    A POSIX record lock (`fcntl.lockf`) on `root/.spacenit.lock`: the kernel drops it
+    when the process ends however it ends, so a killed writer never leaves a stale
+    lock, and NFS (v4, or v3 with lockd) carries it between machines sharing the
+    volume. A second writer fails at once, naming the directory.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise DatasetLockedError(
+                f"{root} is being written by {holder}; wait for it to finish (or stop it) before running {what} "
+                "on the same directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} (pid {os.getpid()} on {os.uname().nodename})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def save_dataset_info(root: Path, info: DatasetInfo) -> Path:

@@ -1,17 +1,23 @@
 """Shard storage: write a shard atomically, read samples back, from Zarr v3 or HDF5.
 
-A shard holds a group of samples. Inside it, each sensor is one float32 array
-`(N, T, C, H, W)` (spatial) or `(N, T, C)` (non-spatial), chunked one sample
-per chunk so a sample is one read, plus JSON attributes (the shard's records,
-failures and input fingerprint). Two storages hold the same content
-(docs/format.md):
+A shard holds a group of samples. Inside it, each (sensor, grid) is one float32
+array named `<sensor>/<grid>`: `(N, T, C_g, H_g, W_g)` for a spatial sensor's
+grid (its bands at one pixel size), `(N, T, C)` for a non-spatial sensor;
+`label_raster` `(N, H, W)` holds dense labels. Arrays are chunked one sample per
+chunk so a sample is one read, and every chunk carries a checksum of its
+compressed bytes (CRC32C in Zarr, Fletcher-32 in HDF5). JSON attributes hold the
+shard's records, failures and input fingerprint. Two storages hold the same
+content (docs/format.md):
 
 * ``zarr`` (default): a Zarr v3 group per shard; the sharding codec packs the
   chunks of an array into one file, so a dataset is a handful of files.
-* ``hdf5``: one HDF5 file per shard, the same blosc filter (hdf5plugin).
+* ``hdf5``: one HDF5 file per shard, the same blosc filter (hdf5plugin), then
+  HDF5's Fletcher-32 filter.
 
-`DatasetReader` serves both; it dispatches on `dataset.json`'s `storage`.
-Single Zarr samples are read straight from the shard index (`_ZarrSampleReader`).
+`DatasetReader` serves both; it dispatches on `dataset.json`'s `storage`. Every
+read goes through it (`DatasetReader.shard` refuses paths outside the dataset
+and rows outside the shard), and every damaged chunk is a `ShardError` naming
+the file, the shard and the sample.
 """
 
 from __future__ import annotations
@@ -32,14 +38,17 @@ import numcodecs
 import numpy as np
 import zarr
 
+from spacenit.data.checksums import crc32c, fletcher32
 from spacenit.data.format import (
+    LABEL_RASTER,
     STORAGES,
+    DatasetFormatError,
     DatasetInfo,
     SampleRecord,
     load_dataset_info,
     readable_json,
 )
-from spacenit.sensors import SENTINEL
+from spacenit.sensors import SENTINEL, Grid
 
 #: File-name suffix of a shard, per storage.
 SHARD_SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
@@ -53,6 +62,17 @@ HDF5_ATTRS = "spacenit"
 CHUNK_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "typesize": 4, "blocksize": 0}
 #: Blosc's own shuffle codes, as numcodecs and hdf5plugin both take them, by their Zarr v3 names.
 _BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+#: Label rasters read back as integers; pixels without a label (the sentinel on disk) read as this.
+IGNORE = -1
+
+
+class ShardError(DatasetFormatError):
+    """A shard, or one of its chunks, that cannot be read; the message names the file and sample."""
+
+
+def array_key(sensor: str, grid: str) -> str:
+    """The name of a (sensor, grid) array inside a shard: "sentinel2_l2a/20m"."""
+    return f"{sensor}/{grid}"
 
 
 @dataclass
@@ -137,18 +157,27 @@ def _write_zarr(path: Path, arrays: dict[str, np.ndarray | EncodedRows], attrs: 
     for name, data in arrays.items():
         encoded = data if isinstance(data, EncodedRows) else encode_rows(data)
         array_dir = path / name
+        for group in reversed(array_dir.relative_to(path).parents[:-1]):  # "sentinel2_l2a" of "sentinel2_l2a/10m"
+            if not (path / group).is_dir():
+                (path / group).mkdir()
+                (path / group / "zarr.json").write_text(json.dumps(_ZARR_GROUP, indent=2))
         array_dir.mkdir()
         (array_dir / "zarr.json").write_text(json.dumps(zarr_array_metadata(encoded.shape), indent=2))
         _write_shard_file(array_dir / "c" / "/".join("0" * len(encoded.shape)), encoded)
 
 
+#: The zarr.json of a group without attributes (a sensor's group of grids), as zarr-python writes it.
+_ZARR_GROUP = {"attributes": {}, "zarr_format": 3, "node_type": "group"}
+
+
 def zarr_array_metadata(shape: tuple[int, ...]) -> dict:
     """The zarr.json of a SpaceNit array of `shape` (N, ...): float32, one sample per chunk
-    (a sample is one read), all chunks in one shard file, CHUNK_BLOSC, sentinel fill."""
+    (a sample is one read), all chunks in one shard file, CHUNK_BLOSC then a CRC32C of
+    every chunk, sentinel fill."""
     little_endian = {"name": "bytes", "configuration": {"endian": "little"}}
     sharding = {
         "chunk_shape": [1, *shape[1:]],
-        "codecs": [little_endian, {"name": "blosc", "configuration": dict(CHUNK_BLOSC)}],
+        "codecs": [little_endian, {"name": "blosc", "configuration": dict(CHUNK_BLOSC)}, {"name": "crc32c"}],
         "index_codecs": [little_endian, {"name": "crc32c"}],
         "index_location": "end",
     }
@@ -169,49 +198,50 @@ def zarr_array_metadata(shape: tuple[int, ...]) -> dict:
 def _write_shard_file(path: Path, encoded: EncodedRows) -> None:
     """Write the single shard file of an array: the mirror of `_ZarrSampleReader`.
 
-    The layout is the spec's: the blosc-compressed chunks back to back, then one
-    little-endian (offset, nbytes) uint64 pair per chunk and the CRC32C of those pairs.
+    The layout is the spec's: the chunks back to back, each its blosc bytes then
+    their CRC32C, then one little-endian (offset, nbytes) uint64 pair per chunk and
+    the CRC32C of those pairs.
     """
-    sizes = np.array([len(c) for c in encoded.chunks], dtype="<u8")
+    sizes = np.array([len(c) + 4 for c in encoded.chunks], dtype="<u8")
     index = np.stack([np.cumsum(sizes) - sizes, sizes], axis=1).astype("<u8").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         for chunk in encoded.chunks:
             f.write(chunk)
+            f.write(crc32c(chunk))
         f.write(index)
-        f.write(google_crc32c.value(index).to_bytes(4, "little"))
+        f.write(crc32c(index))
 
 
 def _write_hdf5(path: Path, arrays: dict[str, np.ndarray | EncodedRows], attrs: dict) -> None:
-    """One HDF5 file: a dataset per sensor, declared with the blosc filter, whose chunks
-    (one sample each) are written already compressed (`write_direct_chunk`): the same
-    bytes as Zarr's, compressed wherever the Zarr ones are, and any HDF5 reader with
-    the blosc filter (hdf5plugin) decodes them."""
+    """One HDF5 file: a dataset per (sensor, grid), declared with the blosc filter and then
+    HDF5's Fletcher-32, whose chunks (one sample each) are written already compressed and
+    checksummed (`write_direct_chunk`): the blosc bytes are Zarr's, compressed wherever
+    the Zarr ones are, and any HDF5 reader with the blosc filter (hdf5plugin) decodes and
+    verifies them."""
+    blosc = hdf5plugin.Blosc(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"],
+                             shuffle=_BLOSC_SHUFFLE[CHUNK_BLOSC["shuffle"]])  # fmt: skip
     with h5py.File(path, "w") as f:
         f.attrs[HDF5_ATTRS] = json.dumps(attrs)
         for name, data in arrays.items():
             encoded = data if isinstance(data, EncodedRows) else encode_rows(data)
             dataset = f.create_dataset(
-                name,
-                shape=encoded.shape,
-                dtype="<f4",
-                chunks=(1, *encoded.shape[1:]),
-                fillvalue=SENTINEL,
-                **hdf5plugin.Blosc(cname=CHUNK_BLOSC["cname"], clevel=CHUNK_BLOSC["clevel"], shuffle=_BLOSC_SHUFFLE[CHUNK_BLOSC["shuffle"]]),
-            )
+                name, shape=encoded.shape, dtype="<f4", chunks=(1, *encoded.shape[1:]), fillvalue=SENTINEL,
+                fletcher32=True, **blosc,
+            )  # fmt: skip
             origin = (0,) * (len(encoded.shape) - 1)
             for row, chunk in enumerate(encoded.chunks):
-                dataset.id.write_direct_chunk((row, *origin), chunk)
+                dataset.id.write_direct_chunk((row, *origin), chunk + fletcher32(chunk))
 
 
 @dataclass(frozen=True)
 class _ShardLayout:
     """Where the one shard file of an array lies and how its chunks are compressed.
 
-    Only for arrays exactly as `_write_zarr` lays them out: one shard holding
-    the whole array, one chunk per sample, bytes (little endian) then blosc,
-    the index at the end with a CRC32C. `of` checks the metadata and returns
-    None for anything else, which zarr-python then reads and writes itself.
+    Only for arrays exactly as `_write_zarr` lays them out: one shard holding the
+    whole array, one chunk per sample, bytes (little endian) then blosc then
+    crc32c, the index at the end with a CRC32C. `of` checks the metadata and
+    returns None for anything else, which zarr-python then reads itself.
     """
 
     path: Path
@@ -232,14 +262,13 @@ class _ShardLayout:
             codec is None or codec["name"] != "sharding_indexed" or array.dtype != np.float32
             or tuple(meta["chunk_grid"]["configuration"]["chunk_shape"]) != tuple(array.shape)
             or any(codec["configuration"].get(k) != v for k, v in expected.items())
-            or [c["name"] for c in codec["configuration"]["codecs"]] != ["bytes", "blosc"]
+            or [c["name"] for c in codec["configuration"]["codecs"]] != ["bytes", "blosc", "crc32c"]
             or codec["configuration"]["codecs"][0]["configuration"]["endian"] != "little"
         ):  # fmt: skip
             return None
         key = array.metadata.chunk_key_encoding.encode_chunk_key((0,) * array.ndim)
         blosc = codec["configuration"]["codecs"][1]["configuration"]
         return cls(array_dir / key, tuple(array.shape), float(meta["fill_value"]), dict(blosc))
-
 
 
 class _ZarrSampleReader:
@@ -249,7 +278,8 @@ class _ZarrSampleReader:
     hand-offs (shard index, chunk bytes, decoding): about 6x the CPU of HDF5 per
     sample, which a DataLoader pays on every item. The Zarr v3 sharding spec makes
     the direct read simple (`_ShardLayout`): this reader loads the shard index
-    once and then reads and decodes a chunk with one `pread` and one blosc call.
+    once, then reads a chunk with one `pread`, checks its CRC32C and decodes it
+    with one blosc call.
     """
 
     def __init__(self, layout: _ShardLayout) -> None:
@@ -257,10 +287,10 @@ class _ZarrSampleReader:
         self._path, self._shape, self._fill_value = path, shape, layout.fill_value
         self._fd = os.open(path, os.O_RDONLY)
         index_size = shape[0] * 16 + 4
-        tail = os.pread(self._fd, index_size, os.fstat(self._fd).st_size - index_size)
+        tail = os.pread(self._fd, index_size, max(os.fstat(self._fd).st_size - index_size, 0))
         if len(tail) != index_size or google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
             os.close(self._fd)
-            raise ValueError(f"the shard index of {path} is damaged (CRC32C mismatch)")
+            raise ShardError(f"the shard index of {path} is damaged (CRC32C mismatch)")
         self._index = np.frombuffer(tail[:-4], dtype="<u8").reshape(shape[0], 2)
         self._blosc = blosc_codec(layout.blosc)
 
@@ -278,10 +308,14 @@ class _ZarrSampleReader:
         if offset == nbytes == 2**64 - 1:  # a chunk never written: all fill value
             out.fill(self._fill_value)
             return out
+        what = f"row {row} of {self._path}"
         raw = os.pread(self._fd, nbytes, offset)
-        if len(raw) != nbytes:
-            raise ValueError(f"sample {row} of {self._path} is damaged (its chunk is cut short)")
-        return _decode_sample(self._blosc, raw, out, f"sample {row} of {self._path}")
+        if len(raw) != nbytes or nbytes < 4:
+            raise ShardError(f"{what} is damaged (its chunk is cut short)")
+        body = raw[:-4]
+        if crc32c(body) != raw[-4:]:
+            raise ShardError(f"{what} is damaged (CRC32C mismatch: the chunk's bytes changed since it was written)")
+        return _decode_sample(self._blosc, body, out, what)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -291,22 +325,27 @@ def _decode_sample(blosc: numcodecs.Blosc, raw: bytes, out: np.ndarray, what: st
     """Decode one blosc chunk into `out`, refusing one that would not fill it exactly."""
     # Bytes 4-8 of a blosc chunk's header: its decoded size.
     if len(raw) < 16 or int.from_bytes(raw[4:8], "little") != out.nbytes:
-        raise ValueError(f"{what} is damaged (its chunk does not decode to {out.shape})")
-    blosc.decode(raw, out=out)
+        raise ShardError(f"{what} is damaged (its chunk does not decode to {out.shape})")
+    try:
+        blosc.decode(raw, out=out)
+    except (RuntimeError, ValueError) as e:
+        raise ShardError(f"{what} is damaged (blosc cannot decode it: {e})") from None
     return out
 
 
-#: HDF5's registered id of the blosc filter (hdf5plugin.Blosc).
+#: HDF5's registered ids of the blosc filter (hdf5plugin.Blosc) and of Fletcher-32.
 HDF5_BLOSC_FILTER = 32001
+HDF5_FLETCHER32_FILTER = 3
 
 
 class _Hdf5SampleReader:
-    """Reads one sample of an HDF5 array written by SpaceNit: its raw chunk, decoded here.
+    """Reads one sample of an HDF5 array written by SpaceNit: its raw chunk, checked and decoded here.
 
     h5py serializes every call under one lock, decompression included, so threads
     reading one file wait for each other. Reading the compressed chunk through h5py
-    (`read_direct_chunk`, a fraction of the work) and decoding it with blosc here
-    (which lets go of the GIL) lets `stats`' threads and a loader's decompress side by side.
+    (`read_direct_chunk`, a fraction of the work), checking its Fletcher-32 and
+    decoding it with blosc here (which lets go of the GIL) lets `stats`' threads and
+    a loader's decompress side by side.
     """
 
     def __init__(self, dataset: h5py.Dataset) -> None:
@@ -318,9 +357,10 @@ class _Hdf5SampleReader:
     def for_dataset(cls, dataset: h5py.Dataset) -> _Hdf5SampleReader | None:
         """A reader for `dataset` if it is laid out as `_write_hdf5` writes it, else None (h5py reads it)."""
         plist = dataset.id.get_create_plist()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
         ours = (
             dataset.dtype == np.dtype("<f4") and dataset.chunks == (1, *dataset.shape[1:])
-            and plist.get_nfilters() == 1 and plist.get_filter(0)[0] == HDF5_BLOSC_FILTER
+            and filters == [HDF5_BLOSC_FILTER, HDF5_FLETCHER32_FILTER]
         )  # fmt: skip
         return cls(dataset) if ours else None
 
@@ -328,32 +368,50 @@ class _Hdf5SampleReader:
         """One sample; decoded straight into `out` (C-contiguous float32 of its shape) when given."""
         if out is None:
             out = np.empty(self._shape[1:], dtype=np.float32)
+        what = f"row {row} of {self._name}"
         try:
             skipped_filters, raw = self._dataset.id.read_direct_chunk((row,) + (0,) * (len(self._shape) - 1))
         except (KeyError, OSError, ValueError):  # a chunk never written (or out of range): h5py knows
-            out[...] = self._dataset[row]
+            out[...] = _h5py_read(self._dataset, row, what)
             return out
-        if skipped_filters:  # HDF5 stored this chunk uncompressed
-            out[...] = np.frombuffer(raw, dtype="<f4").reshape(out.shape)
+        if skipped_filters:  # written by another writer, which skipped a filter: let HDF5 decode it
+            out[...] = _h5py_read(self._dataset, row, what)
             return out
-        return _decode_sample(self._blosc, raw, out, f"sample {row} of {self._name}")
+        body = raw[:-4]
+        if len(raw) < 4 or fletcher32(body) != raw[-4:]:
+            raise ShardError(f"{what} is damaged (Fletcher-32 mismatch: the chunk's bytes changed since it was written)")
+        return _decode_sample(self._blosc, body, out, what)
 
     def close(self) -> None:
         pass
 
 
+def _h5py_read(dataset: h5py.Dataset, rows, what: str) -> np.ndarray:
+    """`dataset[rows]` through HDF5's own filters; a failed checksum or filter names the chunk."""
+    try:
+        return np.asarray(dataset[rows])
+    except OSError as e:
+        raise ShardError(f"{what} is damaged ({e})") from None
+
+
 class Shard:
-    """One open shard: its arrays by sensor, and its attributes."""
+    """One open shard: its arrays by name (`array_key`), and its attributes."""
 
     def __init__(self, path: Path, storage: str) -> None:
         self.path = Path(path)
         self.storage = storage
-        if storage == "zarr":
-            self._handle = zarr.open_group(store=str(path), mode="r")
-        elif storage == "hdf5":
-            self._handle = h5py.File(path, "r")
-        else:
-            raise ValueError(f"unknown storage {storage!r}; use one of {STORAGES}")
+        try:
+            if storage == "zarr":
+                self._handle = zarr.open_group(store=str(path), mode="r")
+            elif storage == "hdf5":
+                self._handle = h5py.File(path, "r")
+            else:
+                raise ValueError(f"unknown storage {storage!r}; use one of {STORAGES}")
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            if not self.path.exists():
+                raise ShardError(f"shard {path} is missing; re-run `spacenit convert`, which rewrites it") from None
+            raise ShardError(f"shard {path} cannot be opened ({type(e).__name__}: {e}); its metadata is damaged: "
+                             "re-run `spacenit convert`, which rewrites it") from None  # fmt: skip
         self._arrays: dict = {}
         self._sample_readers: dict[str, _ZarrSampleReader | _Hdf5SampleReader | None] = {}
         # Threads may read one shard together (stats reads ahead): what is opened lazily
@@ -362,49 +420,62 @@ class Shard:
 
     @property
     def attrs(self) -> dict:
-        if self.storage == "zarr":
-            return self._handle.attrs.asdict()
-        return json.loads(self._handle.attrs[HDF5_ATTRS])
+        try:
+            if self.storage == "zarr":
+                return self._handle.attrs.asdict()
+            return json.loads(self._handle.attrs[HDF5_ATTRS])
+        except (KeyError, OSError, ValueError) as e:
+            raise ShardError(f"the attributes of shard {self.path} are damaged ({e}); re-run `spacenit convert`") from None
 
-    def _array(self, sensor: str):
+    def _array(self, name: str):
         with self._opening:
-            if sensor not in self._arrays:
-                self._arrays[sensor] = self._handle[sensor]
-            return self._arrays[sensor]
+            if name not in self._arrays:
+                try:
+                    self._arrays[name] = self._handle[name]
+                except (KeyError, OSError, ValueError, json.JSONDecodeError) as e:
+                    raise ShardError(f"shard {self.path} has no readable array {name!r} ({type(e).__name__}: {e}); "
+                                     "re-run `spacenit convert`") from None  # fmt: skip
+            return self._arrays[name]
 
-    def shape(self, sensor: str) -> tuple[int, ...]:
-        """Shape of one sensor's array: (N, T, C, H, W) or (N, T, C)."""
-        return tuple(self._array(sensor).shape)
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of one array: (N, T, C, H, W), (N, T, C) or (N, H, W)."""
+        return tuple(self._array(name).shape)
 
-    def _sample_reader(self, sensor: str) -> _ZarrSampleReader | _Hdf5SampleReader | None:
-        array = self._array(sensor)
+    def _sample_reader(self, name: str) -> _ZarrSampleReader | _Hdf5SampleReader | None:
+        array = self._array(name)
         with self._opening:
-            if sensor not in self._sample_readers:
+            if name not in self._sample_readers:
                 if self.storage == "zarr":
-                    self._sample_readers[sensor] = _ZarrSampleReader.for_array(array, self.path / sensor)
+                    self._sample_readers[name] = _ZarrSampleReader.for_array(array, self.path / name)
                 else:
-                    self._sample_readers[sensor] = _Hdf5SampleReader.for_dataset(array)
-            return self._sample_readers[sensor]
+                    self._sample_readers[name] = _Hdf5SampleReader.for_dataset(array)
+            return self._sample_readers[name]
 
-    def read(self, sensor: str, rows: int | slice | Sequence[int] = slice(None)) -> np.ndarray:
-        """Rows of one sensor's array: one sample `(T, ...)`, or `(n, T, ...)` for a slice or list."""
-        if reader := self._sample_reader(sensor):
+    def read(self, name: str, rows: int | slice | Sequence[int] = slice(None)) -> np.ndarray:
+        """Rows of one array: one sample `(T, ...)`, or `(n, T, ...)` for a slice or list."""
+        n = self.shape(name)[0]
+        if isinstance(rows, int) and not 0 <= rows < n:
+            raise ShardError(f"row {rows} is outside shard {self.path}, which holds {n} samples")
+        if reader := self._sample_reader(name):
             if isinstance(rows, int):
                 return reader.read(rows)
             # Row by row into one array: faster than zarr's or h5py's own read of the same
             # rows, and it holds the GIL and h5py's lock only briefly (blosc releases both).
-            rows = range(self.shape(sensor)[0])[rows] if isinstance(rows, slice) else rows
-            out = np.empty((len(rows), *self.shape(sensor)[1:]), dtype=np.float32)
+            rows = range(n)[rows] if isinstance(rows, slice) else rows
+            out = np.empty((len(rows), *self.shape(name)[1:]), dtype=np.float32)
             for i, row in enumerate(rows):
                 reader.read(row, out[i])
             return out
-        array = self._array(sensor)
-        if isinstance(rows, int | slice):
-            return np.asarray(array[rows])
-        rows = list(rows)  # increasing row numbers
-        if self.storage == "zarr":
-            return np.asarray(array.get_orthogonal_selection((rows,)))
-        return np.asarray(array[rows])
+        array = self._array(name)
+        what = f"{name} of {self.path}"
+        if self.storage == "hdf5":
+            return _h5py_read(array, rows if isinstance(rows, int | slice) else list(rows), what)
+        try:
+            if isinstance(rows, int | slice):
+                return np.asarray(array[rows])
+            return np.asarray(array.get_orthogonal_selection((list(rows),)))
+        except Exception as e:  # zarr's codec errors (a failed crc32c check, a blosc error) name no file
+            raise ShardError(f"{what} is damaged ({type(e).__name__}: {e})") from None
 
     def close(self) -> None:
         """Close the files; closing twice is harmless."""
@@ -436,8 +507,10 @@ class Sample:
     """One sample as stored: raw values, sentinel where missing."""
 
     record: SampleRecord
-    #: sensor -> (T, C, H, W) float32 for spatial sensors, (T, C) otherwise.
-    data: dict[str, np.ndarray]
+    #: sensor -> Grid -> (T, C_g, H_g, W_g) float32 for a spatial sensor's grid, (T, C) otherwise.
+    data: dict[str, dict[Grid, np.ndarray]]
+    #: (H, W) int64 class values on the label raster's grid, IGNORE where unlabelled; None without one.
+    label_raster: np.ndarray | None = None
 
     @property
     def id(self) -> str:
@@ -449,11 +522,18 @@ class Sample:
         return {name: np.asarray(mask, dtype=bool) for name, mask in self.record.present.items()}
 
 
+def label_values(stored: np.ndarray) -> np.ndarray:
+    """A stored label raster (float32, sentinel where unlabelled) as int64 classes, IGNORE where unlabelled."""
+    return np.where(stored == SENTINEL, IGNORE, stored).astype(np.int64)
+
+
 class DatasetReader:
     """Random access to the samples of a converted dataset, Zarr or HDF5.
 
     Opens shards lazily and keeps them open; safe to use from DataLoader
-    workers: a forked process opens its own handles.
+    workers: a forked process opens its own handles. Every shard access goes
+    through `shard`, which refuses a path that leaves the dataset directory,
+    and every read checks the record's row against the shard.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -473,16 +553,21 @@ class DatasetReader:
     def storage(self) -> str:
         return self.info.storage
 
+    def shard_path(self, name: str) -> Path:
+        """The file of shard `name` (relative to the root, as records give it), refused outside the root."""
+        path = (self.root / name).resolve()
+        if Path(name).is_absolute() or not path.is_relative_to(self.root.resolve()):
+            raise ShardError(f"shard path {name!r} in {self.root / 'dataset.json'} escapes the dataset root; "
+                             "the index is damaged or was edited: re-run `spacenit convert`")  # fmt: skip
+        return path
+
     def shard(self, name: str) -> Shard:
         """The open shard `name` (a path relative to the root, as in the records)."""
         if os.getpid() != self._pid:  # forked: HDF5 handles must not be shared across processes
             self._open, self._pid = {}, os.getpid()
         shard = self._open.get(name)
         if shard is None:
-            path = (self.root / name).resolve()
-            if not path.is_relative_to(self.root.resolve()):
-                raise ValueError(f"shard path {name!r} in {self.root}/dataset.json escapes the dataset root")
-            shard = self._open[name] = Shard(path, self.info.storage)
+            shard = self._open[name] = Shard(self.shard_path(name), self.info.storage)
         return shard
 
     def shards(self) -> dict[str, list[int]]:
@@ -492,11 +577,27 @@ class DatasetReader:
             out.setdefault(record.shard, []).append(i)
         return out
 
+    def read_array(self, index: int, sensor: str, grid: str) -> np.ndarray:
+        """One (sensor, grid) array of sample `index`: (T, C_g, H_g, W_g) or (T, C)."""
+        record = self.info.samples[index]
+        return self._read(record, array_key(sensor, grid))
+
+    def _read(self, record: SampleRecord, name: str) -> np.ndarray:
+        try:
+            return self.shard(record.shard).read(name, record.row)
+        except ShardError as e:
+            raise ShardError(f"sample {record.id!r} (shard {record.shard}): {e}") from None
+
     def __getitem__(self, index: int) -> Sample:
         record = self.info.samples[index]
-        shard = self.shard(record.shard)
-        data = {name: shard.read(name, record.row) for name in self.info.sensors}
-        return Sample(record=record, data=data)
+        data = {
+            sensor: {grid: self._read(record, array_key(sensor, grid.name)) for grid in grids}
+            for sensor, grids in self.info.grids.items()
+        }
+        labels = None
+        if self.info.label_raster is not None and record.label_raster:
+            labels = label_values(self._read(record, LABEL_RASTER))
+        return Sample(record=record, data=data, label_raster=labels)
 
     def __iter__(self) -> Iterator[Sample]:
         for i in range(len(self)):
