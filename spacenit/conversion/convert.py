@@ -1,12 +1,22 @@
 """The `convert` stage: GeoTIFFs -> a SpaceNit dataset (shards + dataset.json).
 
-Samples are converted in parallel by a process pool (each sample is brought
-onto its reference grid, see `geotiff.py`) and gathered, in order, into shards
-of `samples_per_shard`, each written atomically (Zarr v3 or HDF5). An
-interrupted run leaves only whole shards; a re-run skips every shard whose
-inputs are unchanged and redoes the rest. A sample that fails (unreadable
-file, wrong band count, no CRS, duplicate id...) is listed in
+Samples are converted in parallel by a process pool (each band read onto the
+sample's footprint at its own resolution, see `geotiff.py`) and gathered, in
+order, into shards of `samples_per_shard`, each written atomically (Zarr v3 or
+HDF5). An interrupted run leaves only whole shards; a re-run skips every shard
+whose inputs are unchanged and redoes the rest. A sample that fails
+(unreadable file, wrong band count, no CRS, duplicate id...) is listed in
 `convert_report.json` with its reason while every good sample is converted.
+The output directory is locked while a run writes it.
+
+Grids: each sensor's bands are stored at the resolution their files have
+(`_probe_grids`: the first file that gives a band decides, snapped to the
+registry's GSD within 2%), so Sentinel-2 band files come out as 10, 20 and
+60 m grids and EuroSAT's all-10 m chips as one 10 m grid. The footprint is
+`tile_size_px` pixels of the reference GSD (`gsd_m`, default: the finest
+grid's) and must be a whole number of pixels of every grid. `one_grid=True`
+resamples every band onto the reference grid instead (the layout of format
+version 2, for comparison).
 
 A sample is one tile, anchored at the top-left of its first raster. With
 `tile_scenes`, a raster larger than one tile becomes one sample per tile of a
@@ -21,15 +31,20 @@ a Kubeflow ParallelFor fans out.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import json
 import logging
+import math
+import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,34 +54,51 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioError
 from tqdm import tqdm
 
-from spacenit.conversion.discover import Acquisition, SampleInput, discover, mark_duplicates
+from spacenit.conversion.discover import (
+    Acquisition,
+    RasterFile,
+    SampleInput,
+    discover,
+    mark_duplicates,
+)
 from spacenit.conversion.geotiff import (
     GDAL_OPTIONS,
+    GRID_TOLERANCE,
+    MAX_RASTER_PIXELS,
     OpenRasters,
+    PixelGrid,
     RasterReadError,
+    StorageGrid,
     georeference,
     open_raster,
+    pixel_size_m,
     read_acquisition,
+    read_on_grid,
     reference_grid,
     scene_tiles,
+    sparse_under,
 )  # fmt: skip
 from spacenit.data.format import (
     DATASET_JSON,
+    LABEL_RASTER,
     STORAGES,
     DatasetInfo,
+    LabelRasterSpec,
     SampleRecord,
+    dataset_lock,
     save_dataset_info,
     write_json_atomic,
 )
 from spacenit.data.shards import (
     SHARD_SUFFIX,
     EncodedRows,
+    array_key,
     encode_rows,
     read_shard_attrs,
     remove_shard,
     write_shard,
 )
-from spacenit.sensors import REGISTRY, SENTINEL, SensorSpec
+from spacenit.sensors import REGISTRY, SENTINEL, BandGroup, Grid, SensorSpec, grids_of, metres
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +108,8 @@ SHARDS_DIR = "shards"
 SAMPLES_PER_TASK = 8
 #: Tasks a worker may run ahead of the shard writer, bounding memory.
 TASKS_IN_FLIGHT_PER_WORKER = 2
+#: Default cap on the tiles one scene may become with `tile_scenes` (`--max-tiles-per-scene`).
+MAX_TILES_PER_SCENE = 20_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,11 +126,18 @@ class EmptyTileError(RasterReadError):
 @dataclass(frozen=True)
 class ConvertOptions:
     tile_size_px: int = 64
-    gsd_m: float = 10.0
+    #: Pixel size `tile_size_px` counts in; None: the finest grid of the dataset.
+    gsd_m: float | None = None
     samples_per_shard: int = 64
     assume_crs: str | None = None
     storage: str = "zarr"
     tile_scenes: bool = False
+    #: Resample every band onto the reference grid (format 2's layout) instead of its own.
+    one_grid: bool = False
+    max_raster_pixels: int = MAX_RASTER_PIXELS
+    max_tiles_per_scene: int = MAX_TILES_PER_SCENE
+    #: The value of label rasters that means "no label".
+    label_ignore_value: float = 255.0
 
 
 @dataclass
@@ -104,6 +145,16 @@ class Failure:
     sample_id: str
     path: str
     reason: str
+
+
+@dataclass
+class AbsentTimestep:
+    """A date whose raster has no valid pixel under the sample's footprint: stored as missing."""
+
+    sample_id: str
+    sensor: str
+    date: str
+    path: str
 
 
 @dataclass
@@ -122,6 +173,10 @@ class ConvertReport:
     merged_from: list[str] = field(default_factory=list)
     #: With `tile_scenes`: tiles skipped because every pixel of theirs is nodata.
     empty_tiles: int = 0
+    #: Dates stored as missing because their raster has no valid pixel under the footprint.
+    absent_timesteps: list[AbsentTimestep] = field(default_factory=list)
+    #: Sensors left out of the dataset because no converted sample has them.
+    dropped_sensors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -135,7 +190,8 @@ class ConvertReport:
         d = {k: v for k, v in d.items() if k != "ok"}
         partition = tuple(d.pop("partition")) if d.get("partition") else None
         failures = [Failure(**f) for f in d.pop("failures", [])]
-        return cls(**d, failures=failures, partition=partition)
+        absent = [AbsentTimestep(**a) for a in d.pop("absent_timesteps", [])]
+        return cls(**d, failures=failures, partition=partition, absent_timesteps=absent)
 
 
 def convert(
@@ -145,7 +201,7 @@ def convert(
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
     tile_size_px: int = 64,
-    gsd_m: float = 10.0,
+    gsd_m: float | None = None,
     samples_per_shard: int = 64,
     assume_crs: str | None = None,
     workers: int = 1,
@@ -154,27 +210,46 @@ def convert(
     storage: str = "zarr",
     partition: tuple[int, int] | None = None,
     tile_scenes: bool = False,
+    one_grid: bool = False,
+    max_raster_pixels: int = MAX_RASTER_PIXELS,
+    max_tiles_per_scene: int = MAX_TILES_PER_SCENE,
+    label_ignore_value: float = 255.0,
 ) -> ConvertReport:
     """Convert the GeoTIFFs under `input_dir` (or listed in `manifest`) into a dataset at `output_dir`.
 
+    Each band is stored at its own resolution (`one_grid`: all on the reference grid).
     With `tile_scenes`, a raster larger than one tile becomes one sample per tile.
     Returns a report; its `failures` list every input that was skipped and why.
-    Raises ConversionError when no sample at all could be converted.
+    Raises ConversionError when no sample at all could be converted, and
+    DatasetLockedError when another process is writing `output_dir`.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    options = ConvertOptions(tile_size_px, gsd_m, samples_per_shard, assume_crs, storage, tile_scenes)
+    options = ConvertOptions(tile_size_px, gsd_m, samples_per_shard, assume_crs, storage, tile_scenes, one_grid,
+                             max_raster_pixels, max_tiles_per_scene, label_ignore_value)  # fmt: skip
     _check_options(options, workers, partition)
     samples = mark_duplicates(discover(input_dir, layout=layout, sensor=sensor, manifest=manifest))
     samples.sort(key=lambda s: (s.id, s.first_path()))
-    contents = _dataset_contents(samples)  # over all samples, so that every partition agrees
-    # Until this run finishes, the directory is no dataset: readers say "re-run convert".
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f"output {output_dir} is a file; give a directory for the dataset")
+    with dataset_lock(output_dir, "spacenit convert"):
+        return _convert_locked(samples, input_dir, output_dir, options, workers, partition, progress)
+
+
+def _convert_locked(samples: list[SampleInput], input_dir: Path, output_dir: Path, options: ConvertOptions,
+                    workers: int, partition: tuple[int, int] | None, progress: bool) -> ConvertReport:  # fmt: skip
+    contents = _dataset_contents(samples, options)  # over all samples, so that every partition agrees
+    options = replace(options, gsd_m=contents.reference_gsd_m)
+    # Until this run finishes, the directory is no dataset (readers say "re-run convert"), and
+    # no report from an earlier run claims otherwise.
     (output_dir / DATASET_JSON).unlink(missing_ok=True)
+    (output_dir / REPORT_JSON).unlink(missing_ok=True)
     selected = samples if partition is None else samples[partition[0] :: partition[1]]
 
     failures = [Failure(s.id, s.problem_path or s.first_path(), s.problem) for s in selected if s.problem]
     good = [s for s in selected if not s.problem]
-    if tile_scenes:  # after partitioning: every tile of a scene lands in the scene's partition
-        good = _tile_scenes(good, contents, options)
+    if options.tile_scenes:  # after partitioning: every tile of a scene lands in the scene's partition
+        good, scene_failures = _tile_scenes(good, contents, options)
+        failures += scene_failures
     plans = _plan_shards(good, output_dir / SHARDS_DIR, contents, options)
     finished = {plan.path: _finished_shard(plan) for plan in plans}
     todo = [plan for plan in plans if finished[plan.path] is None]
@@ -186,33 +261,58 @@ def convert(
     bar.close()
 
     records: list[SampleRecord] = []
+    absent: list[AbsentTimestep] = []
     for result in sorted(results, key=lambda r: r.shard):
         records.extend(result.records)
         failures.extend(result.failures)
+        absent.extend(result.absent_timesteps)
+    info = DatasetInfo(
+        sensors=contents.sensors, tile_size_px=options.tile_size_px, gsd_m=contents.reference_gsd_m,
+        num_timesteps=contents.num_timesteps, samples=records, grids=dict(contents.grids), storage=options.storage,
+        layout="one_grid" if options.one_grid else "native", label_raster=contents.label_raster,
+    )  # fmt: skip
+    # A partial dataset keeps every sensor of the whole input, so that the parts merge; the
+    # merge (or a whole conversion, here) drops those no converted sample has.
+    dropped = drop_absent_sensors(info) if partition is None else []
     report = ConvertReport(
         output_dir=str(output_dir), num_samples=len(records), num_shards=len(plans),
-        shards_skipped=len(plans) - len(todo), failures=failures, storage=storage, partition=partition,
+        shards_skipped=len(plans) - len(todo), failures=failures, storage=options.storage, partition=partition,
         input_bytes=sum(plan.input_bytes for plan in plans), empty_tiles=sum(r.empty_tiles for r in results),
+        absent_timesteps=absent, dropped_sensors=dropped,
     )  # fmt: skip
     write_json_atomic(output_dir / REPORT_JSON, report.to_dict())
     if not records and (partition is None or not contents.sensors):
         reasons = "; ".join(f"{f.path}: {f.reason}" for f in failures[:5])
         raise ConversionError(f"no sample of {input_dir} could be converted. First failures: {reasons}")
     _remove_stale_shards(output_dir / SHARDS_DIR, {plan.path.name for plan in plans})
-    info = DatasetInfo(
-        sensors=contents.sensors, tile_size_px=tile_size_px, gsd_m=gsd_m,
-        num_timesteps=contents.num_timesteps, samples=records, storage=storage,
-    )  # fmt: skip
     save_dataset_info(output_dir, info)
     return report
 
 
+def drop_absent_sensors(info: DatasetInfo) -> list[str]:
+    """Remove from `info` (in place) the sensors no sample has a present timestep of; returns them.
+
+    A sensor whose only files belonged to samples that failed would otherwise stay in
+    the dataset as all-missing arrays, with stats of count 0.
+    """
+    dropped = [name for name in info.sensors if not any(any(r.present.get(name, ())) for r in info.samples)]
+    for name in dropped:
+        del info.sensors[name], info.grids[name], info.num_timesteps[name]
+        for record in info.samples:
+            record.dates.pop(name, None)
+            record.present.pop(name, None)
+    return dropped
+
+
 def _check_options(options: ConvertOptions, workers: int, partition: tuple[int, int] | None) -> None:
-    if options.tile_size_px < 1 or options.samples_per_shard < 1 or workers < 1 or not options.gsd_m > 0:
+    if (options.tile_size_px < 1 or options.samples_per_shard < 1 or workers < 1
+            or (options.gsd_m is not None and not options.gsd_m > 0)):  # fmt: skip
         raise ConversionError(
             f"tile_size_px ({options.tile_size_px}), samples_per_shard ({options.samples_per_shard}), "
             f"workers ({workers}) and gsd_m ({options.gsd_m}) must all be positive"
         )
+    if options.max_raster_pixels < 1 or options.max_tiles_per_scene < 1:
+        raise ConversionError("--max-raster-pixels and --max-tiles-per-scene must be positive")
     if options.storage not in STORAGES:
         raise ConversionError(f"unknown storage {options.storage!r}; use one of {', '.join(STORAGES)}")
     if partition is not None and not (len(partition) == 2 and 0 <= partition[0] < partition[1]):
@@ -226,14 +326,19 @@ def _check_options(options: ConvertOptions, workers: int, partition: tuple[int, 
 
 @dataclass(frozen=True)
 class DatasetContents:
-    """What every sample of the dataset holds: its sensors and T per sensor."""
+    """What every sample of the dataset holds: sensors, T per sensor, the grids they are stored on."""
 
     sensors: dict[str, SensorSpec]
     num_timesteps: dict[str, int]
+    #: sensor -> its storage grids (bands sharing a pixel size), finest first.
+    grids: dict[str, tuple[Grid, ...]]
+    #: Pixel size `tile_size_px` counts in; the footprint is tile_size_px * reference_gsd_m.
+    reference_gsd_m: float
+    label_raster: LabelRasterSpec | None = None
 
 
-def _dataset_contents(samples: list[SampleInput]) -> DatasetContents:
-    """Sensors and timesteps over the good samples; marks static sensors given several dates as bad."""
+def _dataset_contents(samples: list[SampleInput], options: ConvertOptions) -> DatasetContents:
+    """Sensors, timesteps and grids over the good samples; marks static sensors given several dates as bad."""
     for s in samples:
         for name, acquisitions in s.files.items():
             if s.problem is None and not REGISTRY.get(name).temporal and len(acquisitions) > 1:
@@ -244,29 +349,131 @@ def _dataset_contents(samples: list[SampleInput]) -> DatasetContents:
     num_timesteps = {
         name: max(len(s.files.get(name, [])) for s in good) if spec.temporal else 1 for name, spec in sensors.items()
     }
-    return DatasetContents(sensors, num_timesteps)
+    with rasterio.Env(**GDAL_OPTIONS):
+        probed = {name: _probe_band_gsd(good, spec, options) for name, spec in sensors.items()}
+        label_gsd = _probe_label_gsd(good, options)
+    spatial_sizes = [g for name, bands in probed.items() if sensors[name].spatial for g in bands.values()]
+    if label_gsd is not None:
+        spatial_sizes.append(label_gsd)
+    reference = options.gsd_m or (min(spatial_sizes) if spatial_sizes else 10.0)
+    for name, spec in sensors.items():
+        # Bands no readable file gives (unreadable files fail their samples; bands a band list
+        # leaves out stay missing) go with the sensor's finest found grid, or the reference.
+        fallback = min(probed[name].values(), default=reference)
+        probed[name] = {b: probed[name].get(b, fallback) for b in spec.bands}
+    if options.one_grid:
+        grids = {name: spec.one_grid(reference) for name, spec in sensors.items()}
+    else:
+        grids = {name: grids_of(probed[name], spec.bands) for name, spec in sensors.items()}
+    for name, spec in sensors.items():
+        if not spec.spatial:  # one value per band and timestep: no pixel grid to speak of
+            grids[name] = (Grid(grids[name][0].name, spec.bands, grids[name][0].gsd_m),)
+    label_raster = None
+    if label_gsd is not None:
+        label_raster = LabelRasterSpec(reference if options.one_grid else label_gsd, options.label_ignore_value)
+    _check_footprint(options.tile_size_px, reference, sensors, grids, label_raster)
+    return DatasetContents(sensors, num_timesteps, grids, reference, label_raster)
 
 
-def _tile_scenes(samples: list[SampleInput], contents: DatasetContents, options: ConvertOptions) -> list[SampleInput]:
+def _probe_band_gsd(samples: list[SampleInput], spec: SensorSpec, options: ConvertOptions) -> dict[str, float]:
+    """Band -> the pixel size it is stored at: that of the first readable file giving it, snapped to
+    one of the sensor's registry GSDs when within 2% (chips reprojected upstream come at 10.016 m);
+    bands no readable file gives are left out. Files are opened for their header only."""
+    registry = sorted({g.gsd_m for g in spec.groups})
+    found: dict[str, float] = {}
+    for sample in samples:
+        for acquisition in sample.files.get(spec.name, []):
+            for raster in acquisition.rasters:
+                bands = [b for b in raster.bands or spec.bands if b in spec.bands]
+                if all(b in found for b in bands):
+                    continue
+                size = _file_pixel_size(raster, spec, options)
+                if size is None:
+                    continue
+                near = [g for g in registry if abs(size - g) <= GRID_TOLERANCE * g]
+                size = near[0] if near else float(round(size, 3))
+                for band in bands:
+                    found.setdefault(band, size)
+            if len(found) == spec.num_bands:
+                return found
+    return found
+
+
+def _file_pixel_size(raster: RasterFile, spec: SensorSpec, options: ConvertOptions) -> float | None:
+    """A raster's pixel size in metres from its header; None when unreadable or in degrees."""
+    try:
+        with open_raster(raster.path, options.max_raster_pixels) as src:
+            return pixel_size_m(src, georeference(src, raster.path, spec, options.assume_crs))
+    except (RasterReadError, RasterioError, OSError):
+        return None  # converting the sample reports why
+
+
+def _probe_label_gsd(samples: list[SampleInput], options: ConvertOptions) -> float | None:
+    """The pixel size of the first readable label raster; None when no sample has one."""
+    rasters = [s.label_raster for s in samples if s.label_raster is not None]
+    if not rasters:
+        return None
+    for raster in rasters:
+        size = _file_pixel_size(raster, _LABEL_SENSOR, options)
+        if size is not None:
+            return float(round(size, 3))
+    return options.gsd_m or 10.0
+
+
+#: Label rasters are read as a one-band categorical layer (nearest); its GSD only places bare arrays.
+_LABEL_SENSOR = SensorSpec("label_raster", ("label",), (BandGroup("label", ("label",), 10.0),), temporal=False, categorical=True)
+
+
+def _check_footprint(tile_size_px: int, reference_gsd_m: float, sensors: dict[str, SensorSpec],
+                     grids: dict[str, tuple[Grid, ...]], label_raster: LabelRasterSpec | None) -> None:  # fmt: skip
+    """Every grid must hold the footprint in whole pixels; else say which tile sizes do."""
+    sizes = {f"{name} {g.name} ({' '.join(g.bands)})": g.gsd_m for name in sensors if sensors[name].spatial for g in grids[name]}
+    if label_raster is not None:
+        sizes["label raster"] = label_raster.gsd_m
+    footprint = metres(reference_gsd_m) * tile_size_px
+    bad = {what: gsd for what, gsd in sizes.items() if (footprint / metres(gsd)).denominator != 1}
+    if not bad:
+        return
+    multiple = math.lcm(*((metres(g) / metres(reference_gsd_m)).numerator for g in sizes.values()))
+    suggestions = sorted({max(multiple, tile_size_px // multiple * multiple), -(-tile_size_px // multiple) * multiple})
+    what, gsd = next(iter(bad.items()))
+    raise ConversionError(
+        f"a tile of {tile_size_px} px at {reference_gsd_m:g} m ({float(footprint):g} m) is not a whole number of "
+        f"{gsd:g} m pixels ({what}): every band is stored at its own resolution over the same footprint. Use a "
+        f"--tile-size-px that is a multiple of {multiple} (e.g. {' or '.join(map(str, suggestions))}), "
+        "or --one-grid to resample every band onto one grid"
+    )
+
+
+def _tile_scenes(samples: list[SampleInput], contents: DatasetContents,
+                 options: ConvertOptions) -> tuple[list[SampleInput], list[Failure]]:  # fmt: skip
     """Each sample as the row-major tiles that cover its anchor raster (one tile: still renamed, for
-    predictable ids). A sample whose raster cannot be opened stays whole: converting it reports why."""
-    tiled = []
+    predictable ids). A sample whose raster cannot be opened stays whole: converting it reports why.
+    A scene of more than `max_tiles_per_scene` tiles fails, naming the cap."""
+    tiled, failures = [], []
     with rasterio.Env(**GDAL_OPTIONS):
         for sample in samples:
             sensor, path = _anchor(sample, contents.sensors)
             try:
-                with open_raster(path) as src:
+                with open_raster(path, options.max_raster_pixels) as src:
                     georef = georeference(src, path, contents.sensors[sensor], options.assume_crs)
                     rows, cols = scene_tiles(src, georef, tile_size_px=options.tile_size_px, gsd_m=options.gsd_m)
             except (RasterReadError, RasterioError, OSError):
                 tiled.append(sample)
+                continue
+            if rows * cols > options.max_tiles_per_scene:
+                failures.append(Failure(sample.id, str(path), (
+                    f"{path} would become {rows} x {cols} = {rows * cols} tiles of {options.tile_size_px} px, over the "
+                    f"cap of {options.max_tiles_per_scene} tiles per scene; raise it with --max-tiles-per-scene, "
+                    "or use a larger --tile-size-px"
+                )))  # fmt: skip
                 continue
             digits = len(str(max(rows, cols) - 1))
             tiled.extend(
                 replace(sample, id=f"{sample.id}_r{r:0{digits}d}_c{c:0{digits}d}", tile=(r, c))
                 for r in range(rows) for c in range(cols)
             )  # fmt: skip
-    return tiled
+    return tiled, failures
 
 
 @dataclass
@@ -301,15 +508,19 @@ def _fingerprint(plan: _ShardPlan) -> tuple[str, int]:
     h.update(json.dumps(asdict(plan.options), sort_keys=True).encode())
     h.update(json.dumps(plan.contents.num_timesteps, sort_keys=True).encode())
     h.update(json.dumps({n: s.to_dict() for n, s in plan.contents.sensors.items()}, sort_keys=True).encode())
+    h.update(json.dumps({n: [g.to_dict() for g in gs] for n, gs in plan.contents.grids.items()}, sort_keys=True).encode())
+    label = plan.contents.label_raster
+    h.update(json.dumps(label.to_dict() if label else None).encode())
     total = 0
     for s in plan.samples:
-        h.update(f"{s.id}|{s.label}|{s.labels}|{s.split}".encode())
-        for sensor, acquisitions in sorted(s.files.items()):
-            for a in acquisitions:
-                for r in a.rasters:
-                    st = r.path.stat()
-                    total += st.st_size
-                    h.update(f"{sensor}|{a.date}|{r.path}|{r.bands}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"{s.id}|{s.label}|{s.labels}|{s.split}|{s.tile}".encode())
+        files = [(sensor, a.date, r) for sensor, acquisitions in sorted(s.files.items()) for a in acquisitions for r in a.rasters]
+        if s.label_raster is not None:
+            files.append((LABEL_RASTER, "", s.label_raster))
+        for sensor, date, r in files:
+            st = r.path.stat()
+            total += st.st_size
+            h.update(f"{sensor}|{date}|{r.path}|{r.bands}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest(), total
 
 
@@ -319,6 +530,7 @@ class _ShardResult:
     records: list[SampleRecord]
     failures: list[Failure]
     empty_tiles: int = 0
+    absent_timesteps: list[AbsentTimestep] = field(default_factory=list)
 
 
 def _finished_shard(plan: _ShardPlan) -> _ShardResult | None:
@@ -327,17 +539,19 @@ def _finished_shard(plan: _ShardPlan) -> _ShardResult | None:
     if attrs is None or attrs.get("fingerprint") != plan.fingerprint:
         return None
     records = [SampleRecord.from_dict({**r, "shard": plan.name}) for r in attrs["records"]]
-    return _ShardResult(plan.name, records, [Failure(**f) for f in attrs["failures"]], attrs.get("empty_tiles", 0))
+    return _ShardResult(plan.name, records, [Failure(**f) for f in attrs["failures"]], attrs.get("empty_tiles", 0),
+                        [AbsentTimestep(**a) for a in attrs.get("absent_timesteps", [])])  # fmt: skip
 
 
 @dataclass
 class _SampleOutcome:
     """A converted sample (arrays and record) or its failure."""
 
-    arrays: dict[str, np.ndarray | EncodedRows] | None = None  # compressed when workers encode
+    arrays: dict[str, np.ndarray | EncodedRows] | None = None  # by array key; compressed when workers encode
     record: SampleRecord | None = None
     failure: Failure | None = None
     empty_tile: bool = False  # a scene's tile without one valid pixel: skipped, not failed
+    absent_timesteps: list[AbsentTimestep] = field(default_factory=list)
 
 
 def _convert_shards(plans: list[_ShardPlan], workers: int, bar: tqdm) -> list[_ShardResult]:
@@ -381,7 +595,7 @@ def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
     if workers == 1:
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         pending: deque = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -391,26 +605,53 @@ def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterato
             yield pending.popleft().result()
 
 
+#: prctl(2) option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool worker initializer: end this worker when the process that started it dies.
+
+    A `kill -9` of `convert` would otherwise leave its workers running on (PPID 1,
+    hundreds of MB each). Linux delivers SIGKILL to the worker through
+    PR_SET_PDEATHSIG; a parent that died before the call is caught by the check after it.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: workers end when the pool's pipe closes
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _write_shard(plan: _ShardPlan, outcomes: list[_SampleOutcome], encodes: list[Future] = ()) -> _ShardResult:
     for encode in encodes:
         encode.result()  # done already (same thread, earlier); raises what failed there
     converted = [o for o in outcomes if o.arrays is not None]
     failures = [o.failure for o in outcomes if o.failure is not None]
+    absent = [a for o in converted for a in o.absent_timesteps]
     empty_tiles = sum(o.empty_tile for o in outcomes)
     records = []
     for row, outcome in enumerate(converted):
         outcome.record.shard, outcome.record.row = plan.name, row
         records.append(outcome.record)
     if converted:
-        arrays = {name: _stack([o.arrays[name] for o in converted]) for name in plan.contents.sensors}
+        arrays = {key: _stack([o.arrays[key] for o in converted]) for key in _array_keys(plan.contents)}
         attrs = {
             "fingerprint": plan.fingerprint,
             "records": [{k: v for k, v in r.to_dict().items() if k != "shard"} for r in records],
             "failures": [asdict(f) for f in failures],
             "empty_tiles": empty_tiles,
+            "absent_timesteps": [asdict(a) for a in absent],
         }
         write_shard(plan.path, arrays, attrs, plan.options.storage)
-    return _ShardResult(plan.name, records, failures, empty_tiles)
+    return _ShardResult(plan.name, records, failures, empty_tiles, absent)
+
+
+def _array_keys(contents: DatasetContents) -> list[str]:
+    keys = [array_key(name, g.name) for name in contents.sensors for g in contents.grids[name]]
+    return keys + ([LABEL_RASTER] if contents.label_raster is not None else [])
 
 
 def _stack(rows: list[np.ndarray | EncodedRows]) -> np.ndarray | EncodedRows:
@@ -424,7 +665,7 @@ def _convert_samples_task(
     samples, contents, options, encode = task
     # Files stay open for the whole task: the tiles of a scene open it once and share
     # GDAL's cache of its decoded blocks.
-    with rasterio.Env(**GDAL_OPTIONS), OpenRasters() as rasters:
+    with rasterio.Env(**GDAL_OPTIONS), OpenRasters(options.max_raster_pixels) as rasters:
         outcomes = [_convert_or_fail(sample, contents, options, rasters) for sample in samples]
     if encode:
         for o in outcomes:
@@ -433,55 +674,72 @@ def _convert_samples_task(
 
 
 def _encode_outcome(outcome: _SampleOutcome) -> None:
-    """Compress a converted sample's arrays into Zarr chunks, in place."""
+    """Compress a converted sample's arrays into shard chunks, in place."""
     if outcome.arrays is not None:
-        outcome.arrays = {name: encode_rows(a[None]) for name, a in outcome.arrays.items()}
+        outcome.arrays = {key: encode_rows(a[None]) for key, a in outcome.arrays.items()}
 
 
 def _convert_or_fail(
     sample: SampleInput, contents: DatasetContents, options: ConvertOptions, rasters: OpenRasters
 ) -> _SampleOutcome:
     try:
-        arrays, record = convert_sample(sample, contents, options, rasters)
+        arrays, record, absent = convert_sample(sample, contents, options, rasters)
     except (RasterReadError, RasterioError, OSError, ValueError, KeyError) as e:
         if isinstance(e, EmptyTileError) and sample.tile is not None:
             return _SampleOutcome(empty_tile=True)
         reason = str(e.args[0]) if isinstance(e, KeyError) else str(e)
         log.warning("skipping sample %s: %s", sample.id, reason)
         return _SampleOutcome(failure=Failure(sample.id, _failing_path(sample, reason), reason))
-    return _SampleOutcome(arrays=arrays, record=record)
+    return _SampleOutcome(arrays=arrays, record=record, absent_timesteps=absent)
 
 
 def convert_sample(
     sample: SampleInput, contents: DatasetContents, options: ConvertOptions, rasters: OpenRasters | None = None
-) -> tuple[dict[str, np.ndarray], SampleRecord]:
-    """Read every sensor of `sample` onto its reference grid: sensor -> (T, C, H, W) or (T, C).
+) -> tuple[dict[str, np.ndarray], SampleRecord, list[AbsentTimestep]]:
+    """Read every sensor of `sample` onto its grids over the sample's footprint.
 
-    `rasters` keeps files open beyond this sample (the caller closes them); by default
-    the sample opens and closes its own.
+    Returns the arrays by array key (`sensor/grid`: (T, C_g, H_g, W_g), or (T, C) for a
+    non-spatial sensor; `label_raster`: (H, W)), the record, and the dates found to
+    have no valid pixel under the footprint (stored as missing). `rasters` keeps files
+    open beyond this sample (the caller closes them); by default the sample opens and
+    closes its own.
     """
     arrays: dict[str, np.ndarray] = {}
     dates: dict[str, list[str]] = {}
     present: dict[str, list[bool]] = {}
-    with OpenRasters() if rasters is None else nullcontext(rasters) as rasters:
+    absent: list[AbsentTimestep] = []
+    with OpenRasters(options.max_raster_pixels) if rasters is None else nullcontext(rasters) as rasters:
         anchor_sensor, anchor = _anchor(sample, contents.sensors)
         src = rasters[anchor]
         georef = georeference(src, anchor, contents.sensors[anchor_sensor], options.assume_crs)
-        grid = reference_grid(src, georef, tile_size_px=options.tile_size_px, gsd_m=options.gsd_m, tile=sample.tile or (0, 0))
+        footprint = reference_grid(src, georef, tile_size_px=options.tile_size_px, gsd_m=contents.reference_gsd_m,
+                                   tile=sample.tile or (0, 0))  # fmt: skip
+        if sparse_under(src, footprint, georef):
+            raise RasterReadError(
+                f"{anchor}: every block of the file under sample {sample.id!r} is sparse (declared but never "
+                "written, so it reads as zeros): the file holds no data there; re-export it"
+            )
         for name, spec in contents.sensors.items():
             acquisitions = sample.files.get(name, [])
-            arrays[name] = _read_sensor(acquisitions, spec, contents.num_timesteps[name], grid, rasters, options)
+            stack, kept = _read_sensor(acquisitions, spec, contents, footprint, rasters, options)
+            for grid_name, array in stack.items():
+                arrays[array_key(name, grid_name)] = array
             missing = contents.num_timesteps[name] - len(acquisitions)
-            dates[name] = [a.date for a in acquisitions] + [""] * missing
-            present[name] = [True] * len(acquisitions) + [False] * missing
-    if all(_all_sentinel(a) for a in arrays.values()):
-        raise EmptyTileError(f"{anchor}: every pixel of sample {sample.id!r} is nodata on its tile")
+            dates[name] = [a.date if ok else "" for a, ok in zip(acquisitions, kept, strict=True)] + [""] * missing
+            present[name] = list(kept) + [False] * missing
+            absent += [AbsentTimestep(sample.id, name, a.date, str(a.rasters[0].path))
+                       for a, ok in zip(acquisitions, kept, strict=True) if not ok]  # fmt: skip
+        if not any(any(p) for p in present.values()):
+            raise EmptyTileError(f"{anchor}: every pixel of sample {sample.id!r} is nodata on its tile")
+        if contents.label_raster is not None:
+            arrays[LABEL_RASTER] = _read_label_raster(sample, contents, footprint, rasters, options)
     record = SampleRecord(
-        id=sample.id, shard="", row=-1, crs=_crs_name(grid.crs.to_wkt()), bounds=grid.bounds,
+        id=sample.id, shard="", row=-1, crs=_crs_name(footprint.crs.to_wkt()), bounds=footprint.bounds,
         dates=dates, present=present, label=sample.label, split=sample.split,
         labels=list(sample.labels) if sample.labels is not None else None,
+        label_raster=sample.label_raster is not None,
     )  # fmt: skip
-    return arrays, record
+    return arrays, record, absent
 
 
 @functools.lru_cache(maxsize=64)
@@ -502,22 +760,57 @@ def _anchor(sample: SampleInput, sensors: dict[str, SensorSpec]) -> tuple[str, P
     return name, sample.files[name][0].rasters[0].path
 
 
-def _read_sensor(
-    acquisitions: list[Acquisition], spec: SensorSpec, num_timesteps: int, grid, rasters: OpenRasters,
-    options: ConvertOptions,
-) -> np.ndarray:  # fmt: skip
-    """(T, C, H, W) for a spatial sensor, (T, C) footprint means otherwise; missing timesteps sentinel."""
-    def read(acquisition: Acquisition) -> np.ndarray:
-        image = read_acquisition(acquisition, spec, grid, rasters, assume_crs=options.assume_crs)  # (C, H, W)
-        return image if spec.spatial else footprint_mean(image)
+def storage_grids(spec: SensorSpec, grids: tuple[Grid, ...], footprint: PixelGrid, reference_gsd_m: float) -> list[StorageGrid]:
+    """The sensor's grids placed on a sample's footprint (a non-spatial sensor: the reference grid,
+    whose valid pixels are then averaged)."""
+    out = []
+    for grid in grids:
+        factor = Fraction(1) if not spec.spatial else metres(grid.gsd_m) / metres(reference_gsd_m)
+        out.append(StorageGrid(grid, tuple(spec.band_index(grid.bands)), footprint.scaled(factor)))
+    return out
 
-    if num_timesteps == len(acquisitions) == 1:
-        return read(acquisitions[0])[None]  # one timestep (most samples): no copy
-    shape = (num_timesteps, spec.num_bands) + ((grid.height, grid.width) if spec.spatial else ())
-    stack = np.full(shape, SENTINEL, dtype=np.float32)
+
+def _read_sensor(
+    acquisitions: list[Acquisition], spec: SensorSpec, contents: DatasetContents, footprint: PixelGrid,
+    rasters: OpenRasters, options: ConvertOptions,
+) -> tuple[dict[str, np.ndarray], list[bool]]:  # fmt: skip
+    """{grid: (T, C_g, H_g, W_g)} for a spatial sensor ({grid: (T, C)} footprint means otherwise),
+    missing timesteps sentinel; and per acquisition whether it holds a valid value under the
+    footprint (a date of another scene, or all nodata, is stored as missing)."""
+    grids = storage_grids(spec, contents.grids[spec.name], footprint, contents.reference_gsd_m)
+    T = contents.num_timesteps[spec.name]
+    out = {
+        sg.grid.name: np.full((T, len(sg.positions)) + ((sg.pixels.height, sg.pixels.width) if spec.spatial else ()),
+                              SENTINEL, dtype=np.float32)
+        for sg in grids
+    }  # fmt: skip
+    kept = []
     for t, acquisition in enumerate(acquisitions):
-        stack[t] = read(acquisition)
-    return stack
+        images = read_acquisition(acquisition, spec, grids, rasters, assume_crs=options.assume_crs,
+                                  upsample=options.one_grid or not spec.spatial)  # fmt: skip
+        valid = not all(_all_sentinel(image) for image in images.values())
+        kept.append(valid)
+        if valid:
+            for name, image in images.items():
+                out[name][t] = image if spec.spatial else footprint_mean(image)
+    return out, kept
+
+
+def _read_label_raster(sample: SampleInput, contents: DatasetContents, footprint: PixelGrid, rasters: OpenRasters,
+                       options: ConvertOptions) -> np.ndarray:  # fmt: skip
+    """The sample's label raster (H, W) on its grid, nearest; the ignore value, nodata and no file: sentinel."""
+    spec = contents.label_raster
+    pixels = footprint.scaled(metres(spec.gsd_m) / metres(contents.reference_gsd_m))
+    if sample.label_raster is None:
+        return np.full((pixels.height, pixels.width), SENTINEL, np.float32)
+    path = sample.label_raster.path
+    src = rasters[path]
+    if src.count != 1:
+        raise RasterReadError(f"label raster {path} has {src.count} bands; it must have one (the class of each pixel)")
+    georef = georeference(src, path, _LABEL_SENSOR, options.assume_crs)
+    labels = read_on_grid(src, path, georef, [1], pixels, categorical=True)[0]
+    labels[labels == np.float32(spec.ignore_value)] = SENTINEL
+    return labels
 
 
 def footprint_mean(image: np.ndarray) -> np.ndarray:

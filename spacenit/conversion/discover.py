@@ -13,6 +13,13 @@ Two directory layouts are understood:
 
 A manifest (CSV or JSON lines) is read by `spacenit.conversion.manifest`.
 
+Dense tasks: a sample's label raster (one band of class values) is
+``<root>/<sample_id>/label.tif`` in the ``samples`` layout, or the manifest's
+``label_raster`` column.
+
+Symbolic links are followed when they resolve inside the input root, in every
+layout and in manifests; a link that resolves outside it makes its sample fail
+with that reason (the input root is the boundary of what a conversion reads).
 A sample that cannot be converted for a reason found here (an unknown sensor
 folder, a path outside the input root, a duplicate id) keeps that reason in
 `SampleInput.problem`; `convert` lists it in its failure report while every
@@ -22,6 +29,7 @@ good sample is converted.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,6 +38,8 @@ from pathlib import Path
 from spacenit.sensors import REGISTRY
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+#: The label raster of a sample in the `samples` layout (dense tasks).
+LABEL_RASTER_NAMES = ("label.tif", "label.tiff")
 _DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 _SPLITS = {"train", "val", "validation", "test"}
 LAYOUTS = ("auto", "samples", "class_folders", "manifest")
@@ -73,9 +83,12 @@ class SampleInput:
     labels: tuple[str, ...] | None = None
     #: (row, column) of this sample's tile when convert splits a scene into tiles (`tile_scenes`).
     tile: tuple[int, int] | None = None
+    #: Per-pixel labels (one band of class values), for dense tasks.
+    label_raster: RasterFile | None = None
 
     def paths(self) -> list[Path]:
-        return [r.path for acquisitions in self.files.values() for a in acquisitions for r in a.rasters]
+        paths = [r.path for acquisitions in self.files.values() for a in acquisitions for r in a.rasters]
+        return paths + ([self.label_raster.path] if self.label_raster is not None else [])
 
     def first_path(self) -> str:
         paths = self.paths()
@@ -90,6 +103,16 @@ class SampleInput:
 
 def _is_tiff(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in TIFF_SUFFIXES
+
+
+def outside_root(path: Path, real_root: Path) -> bool:
+    """Whether `path`, its links resolved, lies outside the (resolved) input root."""
+    return not path.resolve().is_relative_to(real_root)
+
+
+def _link_problem(path: Path, real_root: Path) -> str:
+    return (f"{path} is a link to {path.resolve()}, outside the input root {real_root}; conversion reads only "
+            "files under the input root: copy the file in, or convert from a folder that contains both")  # fmt: skip
 
 
 def date_from_name(name: str) -> str:
@@ -134,6 +157,11 @@ def discover(
     else:
         REGISTRY.get(sensor)  # unknown sensor names fail here, with the known list
         samples = mark_duplicates(_discover_class_folders(root, sensor))
+    real_root = root.resolve()
+    for sample in samples:
+        escaping = next((p for p in sample.paths() if outside_root(p, real_root)), None)
+        if escaping is not None:
+            sample.fail(_link_problem(escaping, real_root), escaping)
     if not samples:
         raise InputLayoutError(
             f"no GeoTIFFs (*.tif, *.tiff) found under {root} in the {layout!r} layout; expected "
@@ -188,6 +216,8 @@ def _discover_samples(root: Path) -> list[SampleInput]:
                     "(or add yours with --sensor-yaml)",
                     sensor_dir,
                 )
+        label_raster = next((sample_dir / n for n in LABEL_RASTER_NAMES if _is_tiff(sample_dir / n)), None)
+        sample.label_raster = RasterFile(label_raster) if label_raster is not None else None
         if sample.files:
             sample.label, sample.split, sample.labels = labels.get(sample.id, (None, None, None))
             if sample.label is not None and sample.labels is not None:
@@ -206,10 +236,28 @@ def _acquisitions(sensor_dir: Path) -> list[Acquisition]:
     return sorted(acquisitions, key=lambda a: (a.date, str(a.rasters[0].path)))
 
 
+def _files_following_links(root: Path) -> list[Path]:
+    """Every file under `root`, descending into linked folders too (each real folder once: a
+    link to an ancestor does not loop), in sorted order of their paths under `root`."""
+    out, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = Path(folder).resolve()
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        out += [Path(folder) / f for f in files]
+    return sorted(out)
+
+
 def _discover_class_folders(root: Path, sensor: str) -> list[SampleInput]:
     samples = []
-    for path in sorted(root.rglob("*")):
-        if not (path.is_file() and path.suffix.lower() in TIFF_SUFFIXES):
+    for path in _files_following_links(root):
+        if path.suffix.lower() not in TIFF_SUFFIXES:
+            continue
+        if not path.is_file():  # a link to nothing
+            samples.append(SampleInput(id=path.stem, problem=f"{path} is a broken link (to {os.readlink(path)})",
+                                       problem_path=str(path)))  # fmt: skip
             continue
         rel = path.relative_to(root).parts
         if len(rel) < 2:

@@ -17,6 +17,8 @@ split    no        train / val / test
 bands    no        band names the file holds, in file order (CSV: separated by spaces;
                    JSON: a list), ``_`` for a band to skip; empty: the file holds all
                    of the sensor's bands
+label_raster no    dense tasks: the sample's label raster (one band of class values),
+                   relative to the input root; on any of the sample's rows
 ======== ========= ==================================================================
 
 Rows of one sample, sensor and date are one timestep: one multiband file, or
@@ -40,7 +42,7 @@ from spacenit.conversion.geotiff import SKIP_BAND
 from spacenit.sensors import REGISTRY
 
 REQUIRED_COLUMNS = ("sample_id", "sensor", "path")
-OPTIONAL_COLUMNS = ("date", "label", "labels", "split", "bands")
+OPTIONAL_COLUMNS = ("date", "label", "labels", "split", "bands", "label_raster")
 
 
 class ManifestError(InputLayoutError):
@@ -58,6 +60,7 @@ class ManifestRow:
     split: str | None = None
     bands: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None
+    label_raster: str | None = None
 
 
 def read_manifest(manifest: str | Path, root: str | Path) -> list[SampleInput]:
@@ -162,6 +165,7 @@ def _row(manifest: Path, line: int, record: dict) -> ManifestRow:
         date=text("date"), label=text("label") or None, split=text("split") or None,
         bands=tuple(str(b) for b in bands) if bands else None,
         labels=tuple(sorted({str(lbl).strip() for lbl in labels})) if labels is not None else None,
+        label_raster=text("label_raster") or None,
     )  # fmt: skip
 
 
@@ -170,6 +174,8 @@ def _add_row(
 ) -> None:
     """Add `row` to `sample`, or mark the sample failed with the row's problem."""
     where = f"{manifest} line {row.line}"
+    if row.label_raster is not None:
+        _add_label_raster(sample, row, root, where, resolve)
     path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
     real = resolve(path)
     problem = _row_problem(row, path, real, root, first)
@@ -186,6 +192,20 @@ def _add_row(
         acquisitions.sort(key=lambda a: a.date)
     else:
         same_date.rasters.append(raster)
+
+
+def _add_label_raster(sample: SampleInput, row: ManifestRow, root: Path, where: str, resolve: Callable[[Path], Path]) -> None:
+    path = Path(row.label_raster) if Path(row.label_raster).is_absolute() else root / row.label_raster
+    real = resolve(path)
+    if not real.is_relative_to(root):
+        sample.fail(f"{where}: label raster {row.label_raster!r} escapes the input root {root}", path)
+    elif not real.is_file():
+        sample.fail(f"{where}: label raster {path} does not exist", path)
+    elif sample.label_raster is not None and sample.label_raster.path != real:
+        sample.fail(f"{where}: a second label raster {path} for sample {row.sample_id!r} "
+                    f"(also {sample.label_raster.path}); give one per sample", path)  # fmt: skip
+    else:
+        sample.label_raster = RasterFile(real)
 
 
 def _row_problem(row: ManifestRow, path: Path, real: Path, root: Path, first: ManifestRow) -> str | None:

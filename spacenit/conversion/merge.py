@@ -2,7 +2,9 @@
 
 A Kubeflow ParallelFor converts the partitions of one input side by side;
 this step joins them: the parts must agree on format version, storage, tile
-size, GSD, sensors and timesteps; a sample id may occur in one part only.
+size, GSD, sensors, grids and timesteps; a sample id may occur in one part only.
+Sensors that no merged sample has (the parts keep every sensor of the whole
+input) are dropped, as a whole conversion drops them.
 Shards are copied (or moved) under `output_dir/shards` with new, unique
 names, the records are rewritten to point at them, the failure reports are
 concatenated into one `convert_report.json`, and `dataset.json` is written
@@ -20,14 +22,17 @@ from pathlib import Path
 from spacenit.conversion.convert import (
     REPORT_JSON,
     SHARDS_DIR,
+    AbsentTimestep,
     ConversionError,
     ConvertReport,
     Failure,
+    drop_absent_sensors,
 )
 from spacenit.data.format import (
     DATASET_JSON,
     DatasetInfo,
     SampleRecord,
+    dataset_lock,
     load_dataset_info,
     save_dataset_info,
     write_json_atomic,
@@ -52,7 +57,11 @@ def merge_datasets(part_dirs: list[Path], output_dir: Path, *, move: bool = Fals
     infos = [load_dataset_info(p) for p in part_dirs]
     _check_compatible(part_dirs, infos)
     _check_unique_ids(part_dirs, infos)
+    with dataset_lock(output_dir, "spacenit merge"):
+        return _merge_locked(part_dirs, infos, output_dir, move)
 
+
+def _merge_locked(part_dirs: list[Path], infos: list[DatasetInfo], output_dir: Path, move: bool) -> DatasetInfo:
     shard_dir = output_dir / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / DATASET_JSON).unlink(missing_ok=True)  # no dataset until the merge is complete
@@ -70,13 +79,15 @@ def merge_datasets(part_dirs: list[Path], output_dir: Path, *, move: bool = Fals
             records.append(record)
     _remove_other_shards(shard_dir, {Path(n).name for n in new_names})
 
-    report = _merged_report(part_dirs, output_dir, len(records), len(new_names), infos[0].storage)
-    write_json_atomic(output_dir / REPORT_JSON, report.to_dict())
     first = infos[0]
     merged = DatasetInfo(
-        sensors=first.sensors, tile_size_px=first.tile_size_px, gsd_m=first.gsd_m,
-        num_timesteps=first.num_timesteps, samples=records, storage=first.storage,
+        sensors=dict(first.sensors), tile_size_px=first.tile_size_px, gsd_m=first.gsd_m,
+        num_timesteps=dict(first.num_timesteps), samples=records, grids=dict(first.grids), storage=first.storage,
+        layout=first.layout, label_raster=first.label_raster,
     )  # fmt: skip
+    report = _merged_report(part_dirs, output_dir, len(records), len(new_names), first.storage)
+    report.dropped_sensors = drop_absent_sensors(merged)
+    write_json_atomic(output_dir / REPORT_JSON, report.to_dict())
     save_dataset_info(output_dir, merged)
     return merged
 
@@ -87,6 +98,8 @@ def _check_compatible(part_dirs: list[Path], infos: list[DatasetInfo]) -> None:
             "format_version": info.format_version, "storage": info.storage,
             "tile_size_px": info.tile_size_px, "gsd_m": info.gsd_m, "num_timesteps": info.num_timesteps,
             "sensors": {name: spec.to_dict() for name, spec in info.sensors.items()},
+            "grids": {name: [g.to_dict() for g in grids] for name, grids in info.grids.items()},
+            "layout": info.layout, "label_raster": info.label_raster,
         }  # fmt: skip
 
     reference = layout(infos[0])
@@ -137,16 +150,18 @@ def _remove_other_shards(shard_dir: Path, keep: set[str]) -> None:
 
 def _merged_report(part_dirs: list[Path], output_dir: Path, num_samples: int, num_shards: int, storage: str) -> ConvertReport:
     failures: list[Failure] = []
+    absent: list[AbsentTimestep] = []
     input_bytes = empty_tiles = 0
     for part in part_dirs:
         path = part / REPORT_JSON
         if path.is_file():
             report = ConvertReport.from_dict(json.loads(path.read_text()))
             failures.extend(report.failures)
+            absent.extend(report.absent_timesteps)
             input_bytes += report.input_bytes
             empty_tiles += report.empty_tiles
     return ConvertReport(
         output_dir=str(output_dir), num_samples=num_samples, num_shards=num_shards, shards_skipped=0,
         failures=failures, storage=storage, input_bytes=input_bytes, merged_from=[str(p) for p in part_dirs],
-        empty_tiles=empty_tiles,
+        empty_tiles=empty_tiles, absent_timesteps=absent,
     )  # fmt: skip

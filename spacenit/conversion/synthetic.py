@@ -2,15 +2,19 @@
 
 Real data is large, licensed and slow to fetch; `make demo` and the test suite
 instead need a few dozen samples that exercise everything conversion has to
-handle (several sensors, several dates, 30 m rasters to resample onto a 10 m
-grid, several UTM zones, nodata, a missing timestep) and that carry a signal a
-probe can learn. `make_synthetic` writes such a set in the ``samples`` layout
-read by `spacenit.conversion.discover`::
+handle (several sensors, several dates, bands at 10, 20, 30 and 60 m, several
+UTM zones, nodata, a missing timestep) and that carry a signal a probe can
+learn. `make_synthetic` writes such a set in the ``samples`` layout read by
+`spacenit.conversion.discover`, every band at its native resolution::
 
-    <out>/<sample_id>/sentinel2_l2a/<YYYY-MM-DD>.tif   12 bands, uint16 reflectance x 10000
-    <out>/<sample_id>/sentinel1/<YYYY-MM-DD>.tif       VV, VH, float32 dB
-    <out>/<sample_id>/srtm/dem.tif                     elevation, float32 m, 30 m pixels
-    <out>/labels.csv                                   sample_id,label,split
+    <out>/<sample_id>/sentinel2_l2a/<YYYY-MM-DD>/<band>.tif  one file per band, uint16 reflectance
+                                                              x 10000 at 10, 20 or 60 m (as delivered)
+    <out>/<sample_id>/sentinel1/<YYYY-MM-DD>.tif              VV, VH, float32 dB, 10 m
+    <out>/<sample_id>/srtm/dem.tif                            elevation, float32 m, 30 m pixels
+    <out>/labels.csv                                          sample_id,label,split
+
+A 20 m or 60 m band is the block mean of the same band's 10 m field, as a
+coarser sensor sees it; so the tile side must be a multiple of 6 (10 m) pixels.
 
 Each sample belongs to one of four land-cover classes with its own spectral
 and backscatter signature, blurred by per-sample variation, mixing with
@@ -42,6 +46,9 @@ from rasterio.crs import CRS
 from scipy.ndimage import gaussian_filter
 
 from spacenit.sensors import SENTINEL1, SENTINEL2_L2A, SRTM
+
+#: Every band's pixel size divides a tile of a multiple of this many 10 m pixels (60 m bands).
+TILE_MULTIPLE_PX = 6
 
 #: Pixel size of the Sentinel-2 and Sentinel-1 rasters.
 OPTICAL_GSD_M = 10.0
@@ -145,7 +152,7 @@ def make_synthetic(
     output_dir: str | Path,
     *,
     num_samples: int = 48,
-    tile_size_px: int = 32,
+    tile_size_px: int = 48,
     num_dates: int = 3,
     seed: int = 0,
 ) -> Path:
@@ -155,8 +162,10 @@ def make_synthetic(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    if tile_size_px < 8:
-        raise ValueError(f"tile_size_px must be at least 8, got {tile_size_px}")
+    if tile_size_px < 12 or tile_size_px % TILE_MULTIPLE_PX:
+        raise ValueError(
+            f"tile_size_px must be a multiple of {TILE_MULTIPLE_PX} (60 m bands) of at least 12, got {tile_size_px}"
+        )
     if not 1 <= num_dates <= 12:
         raise ValueError(
             f"num_dates must be 1..12 (one acquisition per month at most), got {num_dates}"
@@ -325,18 +334,24 @@ def _write_sample(
             * (1.0 + texture_strength * texture)
         )
         reflectance = reflectance + rng.normal(0.0, 0.004, size=reflectance.shape)
-        # 0 is nodata, so valid pixels are at least 1.
-        digital_numbers = np.clip(np.rint(reflectance * 10_000), 1, 20_000).astype(np.uint16)
+        nodata = np.zeros(shape, dtype=bool)
         if patch is not None and t == nodata_t:
-            digital_numbers[(slice(None), *patch)] = 0
-        _write_tif(
-            sample_dir / SENTINEL2_L2A.name / f"{date.isoformat()}.tif",
-            digital_numbers,
-            crs=crs,
-            transform=transform,
-            nodata=0,
-            band_names=SENTINEL2_L2A.bands,
-        )
+            nodata[patch] = True
+        for grid in SENTINEL2_L2A.native_grids():
+            factor = round(grid.gsd_m / OPTICAL_GSD_M)
+            for band in grid.bands:
+                field = _block_mean(reflectance[SENTINEL2_L2A.bands.index(band)], factor)
+                # 0 is nodata, so valid pixels are at least 1; a coarse pixel touching the gap is a gap.
+                digital_numbers = np.clip(np.rint(field * 10_000), 1, 20_000).astype(np.uint16)
+                digital_numbers[_block_any(nodata, factor)] = 0
+                _write_tif(
+                    sample_dir / SENTINEL2_L2A.name / date.isoformat() / f"{band}.tif",
+                    digital_numbers[None],
+                    crs=crs,
+                    transform=_north_up_transform(plan.left_m, plan.top_m, grid.gsd_m),
+                    nodata=0,
+                    band_names=(band,),
+                )
 
     for t, date in enumerate(plan.s1_dates):
         weight = _growing_season_weight(date.timetuple().tm_yday, peak_day)
@@ -364,8 +379,8 @@ def _write_sample(
             band_names=SENTINEL1.bands,
         )
 
-    # The DEM covers the 10 m footprint with whole 30 m pixels, so it can overhang a little.
-    dem_size_px = math.ceil(tile_size_px * OPTICAL_GSD_M / DEM_GSD_M)
+    # The DEM covers the 10 m footprint with whole 30 m pixels.
+    dem_size_px = round(tile_size_px * OPTICAL_GSD_M / DEM_GSD_M)
     base_elevation_m = rng.uniform(20.0, 900.0)
     relief = own.relief_m * _smooth_noise(
         rng, (dem_size_px, dem_size_px), sigma_px=max(dem_size_px / 4, 1.0)
@@ -381,6 +396,17 @@ def _write_sample(
         nodata=None,
         band_names=SRTM.bands,
     )
+
+
+def _block_mean(field: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W) -> (H / factor, W / factor): the mean of each factor x factor block."""
+    h, w = field.shape
+    return field.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _block_any(mask: np.ndarray, factor: int) -> np.ndarray:
+    h, w = mask.shape
+    return mask.reshape(h // factor, factor, w // factor, factor).any(axis=(1, 3))
 
 
 def _north_up_transform(left_m: float, top_m: float, gsd_m: float) -> Affine:
@@ -457,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=(
             "example:\n"
             "  python -m spacenit.conversion.synthetic data/synthetic --num-samples 48 "
-            "--tile-size-px 32 --num-dates 3 --seed 0"
+            "--tile-size-px 48 --num-dates 3 --seed 0"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -468,7 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--num-samples", type=int, default=48, help="number of samples (default: 48)"
     )
     parser.add_argument(
-        "--tile-size-px", type=int, default=32, help="tile side in 10 m pixels (default: 32)"
+        "--tile-size-px", type=int, default=48,
+        help=f"tile side in 10 m pixels, a multiple of {TILE_MULTIPLE_PX} (default: 48)"
     )
     parser.add_argument(
         "--num-dates", type=int, default=3, help="acquisition dates per sample, 1..12 (default: 3)"
