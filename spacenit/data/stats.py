@@ -1,7 +1,8 @@
 """The `stats` stage: per-sensor, per-band normalization statistics.
 
 One streaming pass over the shards (all samples, or a seeded subset). Each
-band keeps count, mean, M2, min and max in float64, folded in batch by batch
+band is reduced on its own grid, at its own resolution (a 60 m band counts its
+60 m pixels), and keeps count, mean, M2, min and max in float64, folded in batch by batch
 with Chan et al.'s parallel update, plus a histogram for approximate
 percentiles; partial results from any number of workers merge exactly, and
 are merged in shard order, so the result does not depend on the number of
@@ -43,8 +44,8 @@ from spacenit.data.band_kernels import (
     bucket_counts,
     bucket_range,
 )
-from spacenit.data.format import DATASET_JSON, write_json_atomic
-from spacenit.data.shards import DatasetReader, Shard
+from spacenit.data.format import DATASET_JSON, dataset_lock, write_json_atomic
+from spacenit.data.shards import DatasetReader, Shard, ShardError, array_key
 from spacenit.sensors import SENTINEL
 
 STATS_JSON = "stats.json"
@@ -59,6 +60,9 @@ MIN_BATCHES = 2
 _NUM_BUCKETS = 1 << 16
 #: Every how many values along a row the percentile histogram counts (see FloatHistogram).
 HISTOGRAM_STRIDE = 4
+#: Rows (one image of one band) shorter than this are counted whole: a 60 m grid of a small tile
+#: has rows 4 pixels wide, and every fourth value would then always be the same column.
+MIN_STRIDED_ROW = 1024
 #: Threads of one stats process, each reading (and decompressing) a batch and reducing it.
 STATS_THREADS = 3
 
@@ -168,7 +172,8 @@ class FloatHistogram:
     (6.8 MB to zero and add per 13-band batch); windows cost a few kilobytes, also to
     send between processes.
 
-    Only every HISTOGRAM_STRIDE-th value along a row is counted: counting is the
+    Only every HISTOGRAM_STRIDE-th value along a row (of MIN_STRIDED_ROW values or more;
+    shorter rows whole) is counted: counting is the
     most expensive part of `stats`. Sampling a quarter of the values moves a
     percentile's rank by about sqrt(q (1 - q) / (N / 4)): 0.03 percentile points
     for p2 of a band of a million values, 0.003 for 100 million.
@@ -193,7 +198,7 @@ class FloatHistogram:
             histogram = cls._counted(values, *_bucket_window(lo, hi))
             if histogram is not None:
                 return histogram
-        ranges = bucket_range(values, HISTOGRAM_STRIDE)  # no range given, or a value outside it (-0.0)
+        ranges = bucket_range(values, histogram_stride(values))  # no range given, or a value outside it (-0.0)
         return cls._counted(values, ranges[:, 0], ranges[:, 1])
 
     @classmethod
@@ -204,7 +209,7 @@ class FloatHistogram:
         if not used.any():
             return cls.empty(values.shape[1])
         low = np.where(used, low, 0)
-        counts, misses = bucket_counts(values, HISTOGRAM_STRIDE, low, int((high - low)[used].max()) + 1)
+        counts, misses = bucket_counts(values, histogram_stride(values), low, int((high - low)[used].max()) + 1)
         return None if misses else cls(low, counts)
 
     def merge(self, other: FloatHistogram) -> FloatHistogram:
@@ -258,6 +263,11 @@ class FloatHistogram:
             for column, value in zip(out, np.clip(values, lo[band], hi[band]), strict=True):
                 column.append(float(value))
         return out
+
+
+def histogram_stride(values: np.ndarray) -> int:
+    """The stride the histogram counts a (R, C, S) band view with: HISTOGRAM_STRIDE, or 1 for short rows."""
+    return HISTOGRAM_STRIDE if values.shape[-1] >= MIN_STRIDED_ROW else 1
 
 
 def _bucket_window(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -316,15 +326,34 @@ class SensorAccumulator:
         return SensorAccumulator(moments, self.histogram.merge(other.histogram), None)
 
 
+    @classmethod
+    def concat(cls, parts: list[SensorAccumulator], order: list[int]) -> SensorAccumulator:
+        """One accumulator of the bands of `parts` (a sensor's grids), bands reordered by `order`
+        (positions in the concatenation of the parts' bands)."""
+        def cat(values: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(values)[order]
+
+        m = [p.moments for p in parts]
+        moments = RunningMoments(cat([x.count for x in m]), cat([x.mean for x in m]), cat([x.m2 for x in m]),
+                                 cat([x.min for x in m]), cat([x.max for x in m]))  # fmt: skip
+        if parts[0].class_counts is not None:
+            counts = [c for p in parts for c in p.class_counts]
+            return cls(moments, None, [counts[i] for i in order])
+        width = max(p.histogram.counts.shape[1] for p in parts)
+        padded = [np.pad(p.histogram.counts, ((0, 0), (0, width - p.histogram.counts.shape[1]))) for p in parts]
+        histogram = FloatHistogram(cat([p.histogram.low for p in parts]), np.concatenate(padded)[order])
+        return cls(moments, histogram, None)
+
+
 @dataclass(frozen=True)
 class _ShardTask:
-    """One shard's share of the work: which rows to read, and what each sensor is."""
+    """One shard's share of the work: which rows to read, and what each array is."""
 
     path: Path
     storage: str
     rows: tuple[int, ...]
-    #: (sensor, categorical) pairs
-    sensors: tuple[tuple[str, bool], ...]
+    #: (array key, categorical) pairs: one per sensor grid
+    arrays: tuple[tuple[str, bool], ...]
 
 
 def _selections(task: _ShardTask, shard: Shard) -> list[slice | list[int]]:
@@ -337,8 +366,13 @@ def _selections(task: _ShardTask, shard: Shard) -> list[slice | list[int]]:
     Splitting further did not pay on Zarr: 8 batches made EuroSAT's stats / read
     1.37 instead of 1.26.
     """
-    bytes_per_row = max(sum(int(np.prod(shard.shape(name)[1:])) * 4 for name, _ in task.sensors), 1)
+    bytes_per_row = max(sum(int(np.prod(shard.shape(name)[1:])) * 4 for name, _ in task.arrays), 1)
     rows = list(task.rows)
+    num_rows = shard.shape(task.arrays[0][0])[0]
+    outside = [r for r in rows if not 0 <= r < num_rows]
+    if outside:
+        raise ShardError(f"dataset.json places samples at rows {outside[:5]} of shard {task.path}, which holds "
+                         f"{num_rows}; the index is damaged: re-run `spacenit convert`")  # fmt: skip
     spread = max(MIN_BATCH_BYTES // bytes_per_row, -(-len(rows) // MIN_BATCHES))
     size = max(1, min(BATCH_BYTES // bytes_per_row, spread))
     out = []
@@ -349,8 +383,8 @@ def _selections(task: _ShardTask, shard: Shard) -> list[slice | list[int]]:
 
 
 def _read_batch(shard: Shard, task: _ShardTask, selection: slice | list[int]) -> dict[str, np.ndarray]:
-    """sensor -> (n, T, C, ...) of the selected rows."""
-    return {name: shard.read(name, selection) for name, _ in task.sensors}
+    """array key -> (n, T, C, ...) of the selected rows."""
+    return {name: shard.read(name, selection) for name, _ in task.arrays}
 
 
 def _read_batches(task: _ShardTask) -> Iterator[dict[str, np.ndarray]]:
@@ -364,8 +398,8 @@ def _read_batches(task: _ShardTask) -> Iterator[dict[str, np.ndarray]]:
 
 
 def _batch_partial(task: _ShardTask, batch: dict[str, np.ndarray]) -> dict[str, SensorAccumulator]:
-    """The partial result of one batch: sensor -> its accumulator."""
-    categorical = dict(task.sensors)
+    """The partial result of one batch: array key -> its accumulator."""
+    categorical = dict(task.arrays)
     return {name: SensorAccumulator.of(band_view(v, channel_axis=2), categorical[name]) for name, v in batch.items()}
 
 
@@ -450,9 +484,17 @@ def compute_stats(
 ) -> Path:
     """Compute stats over the samples of the dataset (all, or `max_samples` chosen with `seed`).
 
-    Writes and returns `stats.json` (default `<dataset_dir>/stats.json`).
+    Writes and returns `stats.json` (default `<dataset_dir>/stats.json`); holds the
+    dataset's lock meanwhile, so it never reads a dataset that `convert` is writing.
     """
     dataset_dir = Path(dataset_dir)
+    with dataset_lock(dataset_dir, "spacenit stats"):
+        return _compute_stats(dataset_dir, output_path, progress=progress, workers=workers,
+                              max_samples=max_samples, seed=seed)  # fmt: skip
+
+
+def _compute_stats(dataset_dir: Path, output_path: str | Path | None, *, progress: bool, workers: int,
+                   max_samples: int | None, seed: int) -> Path:  # fmt: skip
     reader = DatasetReader(dataset_dir)
     info = reader.info
     chosen = _choose_samples(len(reader), max_samples, seed)
@@ -474,7 +516,8 @@ def compute_stats(
         "num_samples_total": len(reader),
         "subset": None if len(chosen) == len(reader) else {"max_samples": max_samples, "seed": seed},
         "percentiles": list(PERCENTILES),
-        "sensors": {name: _sensor_payload(info.sensors[name].bands, acc) for name, acc in totals.items()},
+        "sensors": {name: _sensor_payload(spec.bands, _sensor_accumulator(info, name, totals))
+                    for name, spec in info.sensors.items()},
     }
     out = Path(output_path) if output_path else dataset_dir / STATS_JSON
     write_json_atomic(out, payload)
@@ -492,14 +535,22 @@ def _choose_samples(num_samples: int, max_samples: int | None, seed: int) -> np.
 
 
 def _shard_tasks(reader: DatasetReader, chosen: np.ndarray) -> list[_ShardTask]:
-    sensors = tuple((name, spec.categorical) for name, spec in reader.info.sensors.items())
+    """One task per shard; shard paths through the reader, which refuses any outside the dataset."""
+    info = reader.info
+    arrays = tuple((array_key(name, g.name), spec.categorical) for name, spec in info.sensors.items() for g in info.grids[name])
     rows: dict[str, list[int]] = {}
     for i in chosen:
         record = reader.records[i]
         rows.setdefault(record.shard, []).append(record.row)
-    return [
-        _ShardTask(reader.root / shard, reader.storage, tuple(sorted(r)), sensors) for shard, r in rows.items()
-    ]
+    return [_ShardTask(reader.shard_path(shard), reader.storage, tuple(sorted(r)), arrays) for shard, r in rows.items()]
+
+
+def _sensor_accumulator(info, sensor: str, totals: dict[str, SensorAccumulator]) -> SensorAccumulator:
+    """A sensor's accumulator in its band order, from those of its grids."""
+    grids = info.grids[sensor]
+    stored = [b for g in grids for b in g.bands]
+    parts = [totals[array_key(sensor, g.name)] for g in grids]
+    return SensorAccumulator.concat(parts, [stored.index(b) for b in info.sensors[sensor].bands])
 
 
 def _sensor_payload(bands: tuple[str, ...], acc: SensorAccumulator) -> dict:
