@@ -19,7 +19,9 @@ from spacenit.config import Config
 from spacenit.data.augmentations import AugmentConfig
 from spacenit.data.crop import (
     TokenGeometry,
+    alignment_px,
     crop_sample,
+    grid_factors,
     random_offsets,
     sample_crop,
     sample_patch_size,
@@ -27,6 +29,7 @@ from spacenit.data.crop import (
 from spacenit.data.shards import DatasetReader
 from spacenit.data.standardizer import Standardizer
 from spacenit.data.stats import SensorStats
+from spacenit.sensors import Grid
 
 
 def months_of(dates: list[str]) -> np.ndarray:
@@ -35,34 +38,44 @@ def months_of(dates: list[str]) -> np.ndarray:
 
 
 class GeoTileDataset(Dataset):
-    """Item i: {"images": {sensor: (T, C, H, W)}, "months": {sensor: (T,)}, "index": i}.
+    """Item i: {"images": {sensor: {Grid: (T, C_g, H_g, W_g)}}, "months": {sensor: (T,)}, "index": i}.
 
+    Each sensor comes as its grids, at their native resolutions (`spacenit.data.images`).
     Images are standardized with the given stats; missing values stay at the
     sentinel so the tokenizer can tell absent patches from real ones.
     """
 
     def __init__(self, root: str | Path, stats: dict[str, SensorStats], sensors: list[str] | None = None) -> None:
         self.reader = DatasetReader(root)
-        self.sensor_names = sensors or list(self.reader.info.sensors)
-        specs = {name: self.reader.info.sensors[name] for name in self.sensor_names}
+        info = self.reader.info
+        self.sensor_names = sensors or list(info.sensors)
+        unknown = [name for name in self.sensor_names if name not in info.sensors]
+        if unknown:
+            raise KeyError(f"the dataset {root} has no sensor(s) {unknown}; its sensors are {list(info.sensors)}")
+        specs = {name: info.sensors[name] for name in self.sensor_names}
         self.standardize = Standardizer(stats, specs)
+        #: sensor -> its grids, as stored.
+        self.grids: dict[str, tuple[Grid, ...]] = {name: info.grids[name] for name in self.sensor_names}
 
     def __len__(self) -> int:
         return len(self.reader)
 
     def __getitem__(self, index: int) -> dict:
         sample = self.reader[index]
-        images = {name: torch.from_numpy(self.standardize(name, sample.data[name])) for name in self.sensor_names}
+        images = {
+            name: {grid: torch.from_numpy(self.standardize(name, sample.data[name][grid], grid.bands)) for grid in grids}
+            for name, grids in self.grids.items()
+        }  # fmt: skip
         months = {name: torch.from_numpy(months_of(sample.record.dates.get(name, [""]))) for name in self.sensor_names}
         return {"images": images, "months": months, "index": index}
 
 
 def collate(items: list[dict]) -> dict:
     """Stack a list of items; every sample of a dataset shares its shapes."""
-    sensors = items[0]["images"].keys()
+    images = items[0]["images"]
     return {
-        "images": {s: torch.stack([it["images"][s] for it in items]) for s in sensors},
-        "months": {s: torch.stack([it["months"][s] for it in items]) for s in sensors},
+        "images": {s: {g: torch.stack([it["images"][s][g] for it in items]) for g in grids} for s, grids in images.items()},
+        "months": {s: torch.stack([it["months"][s] for it in items]) for s in images},
         "index": torch.tensor([it["index"] for it in items]),
     }
 
@@ -174,12 +187,17 @@ class PretrainBatches(Dataset):
     """Map-style dataset over plans: `batches[plan]` reads, augments, crops and collates
     one micro-batch (in a DataLoader worker).
 
-    Returns {"images": {sensor: (B, T, C, h*p, w*p)}, "months": {sensor: (B, T)},
-    "index": (B,), "patch_size": p, "gsd_m": the grid's pixel size, "step": s, "micro_index": j}.
+    Returns {"images": {sensor: {Grid: (B, T, C_g, H_g, W_g)}}, "months": {sensor: (B, T)},
+    "index": (B,), "patch_size": p (pixels of the reference grid), "gsd_m": the reference
+    grid's pixel size, "step": s, "micro_index": j}. Each grid covers the crop's h x w
+    patches of p reference pixels (a coarse grid's whole pixels may overhang them).
     """
 
     def __init__(self, dataset: GeoTileDataset, augment: AugmentConfig) -> None:
         self.dataset, self.augment = dataset, augment
+        info = dataset.reader.info
+        self.factors = grid_factors(dataset.grids, info.gsd_m)
+        self.align = alignment_px(self.factors.values())
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -193,9 +211,10 @@ class PretrainBatches(Dataset):
         tile = self.dataset.reader.info.tile_size_px
         crops = []
         for b in range(len(plan.indices)):
-            top, left = random_offsets(rng, tile, height, width)
-            crops.append(crop_sample({k: v[b] for k, v in images.items()}, top, left, height, width))
-        images = {k: torch.stack([c[k] for c in crops]) for k in images}
+            top, left = random_offsets(rng, tile, height, width, self.align)
+            sample = {s: {g: x[b] for g, x in grids.items()} for s, grids in images.items()}
+            crops.append(crop_sample(sample, self.factors, top, left, height, width))
+        images = {s: {g: torch.stack([c[s][g] for c in crops]) for g in grids} for s, grids in images.items()}
         images = self.augment.apply_after_crop(images, generator)
         return {
             "images": images,
@@ -234,7 +253,9 @@ def build_pretrain_loader(dataset: GeoTileDataset, planner: BatchPlanner, config
     )
 
 
-def pretrain_geometry(dataset: GeoTileDataset) -> TokenGeometry:
+def pretrain_geometry(dataset: GeoTileDataset, model_config) -> TokenGeometry:
+    """The token count of a crop, with the model's token groups (`model_config`: a ModelConfig)."""
     info = dataset.reader.info
     sensors = [info.sensors[name] for name in dataset.sensor_names]
-    return TokenGeometry.of(sensors, info.num_timesteps, info.tile_size_px)
+    return TokenGeometry.of(sensors, info.num_timesteps, info.tile_size_px, model_config.tokenization,
+                            model_config.output_patch_size)  # fmt: skip

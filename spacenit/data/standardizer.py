@@ -31,6 +31,7 @@ class Standardizer:
         if method not in METHODS:
             raise StatsError(f"unknown normalization method {method!r}; use one of {METHODS}")
         self.method = method
+        self._specs = dict(sensors)
         #: sensor -> (offset, scale): normalized = (x - offset) / scale; None for categorical sensors.
         self.affine: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
         for name, spec in sensors.items():
@@ -53,13 +54,20 @@ class Standardizer:
             return (mean - 2 * std).astype(np.float32), (4 * std).astype(np.float32)
         return mean.astype(np.float32), std.astype(np.float32)
 
-    def __call__(self, sensor: str, array: np.ndarray) -> np.ndarray:
-        """`array` is (T, C, ...) raw values; returns float32 of the same shape."""
+    def __call__(self, sensor: str, array: np.ndarray, bands: tuple[str, ...] | None = None) -> np.ndarray:
+        """`array` is (..., C, H, W) (spatial) or (..., C) raw values of `bands` (default: all of the
+        sensor's, in its order; a grid's bands for one grid); returns float32 of the same shape."""
         affine = self.affine[sensor]
         if affine is None:
             return array.astype(np.float32, copy=False)
         offset, scale = affine
-        shape = (1, -1) + (1,) * (array.ndim - 2)
+        spec = self._specs[sensor]
+        if bands is not None:
+            index = spec.band_index(bands)
+            offset, scale = offset[index], scale[index]
+        # Bands are axis -3 of a spatial array ((..., C, H, W)), the last of a non-spatial one.
+        shape = [1] * array.ndim
+        shape[array.ndim - 3 if spec.spatial else array.ndim - 1] = -1
         missing = array == SENTINEL
         out = (array - offset.reshape(shape)) / scale.reshape(shape)
         out[missing] = SENTINEL
