@@ -8,6 +8,14 @@ bilinear resize of a base-size patch to the new size, the new kernel is
 w' = pinv(B^T) w, so that <B x, w'> = <x, w>: a patch resized to the new patch
 size gives the same token (exactly when enlarging, in the least-squares sense
 when shrinking).
+
+Native resolution (spec core idea 1): the kernel is defined over the ground
+patch, p0 x p0 cells of it per band. A token group whose bands lie on grids of
+different pixel sizes is embedded from each grid's own pixels: the kernel slice
+of a grid's bands is resized to that grid's pixels per patch, and the grids'
+projections are summed (a linear map of the concatenated pixels). So a 20 m
+band contributes 4 x 4 native pixels to an 80 m patch where a 10 m band gives
+8 x 8, and the same bands upsampled to 10 m give (least squares) the same token.
 """
 
 from __future__ import annotations
@@ -52,6 +60,24 @@ class AdaptivePatchEmbed(nn.Module):
             raise ValueError(f"patch embedding expects {self.in_channels} channels, got {C}")
         if H % patch_size or W % patch_size:
             raise ValueError(f"image {H}x{W} px does not divide by patch size {patch_size}")
-        h, w, p = H // patch_size, W // patch_size, patch_size
-        patches = x.view(N, C, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(N, h * w, C * p * p)  # (N, h*w, C*p*p)
-        return F.linear(patches, self.kernel(p), self.bias)  # (N, h*w, D)
+        return F.linear(patchify(x, patch_size), self.kernel(patch_size), self.bias)  # (N, h*w, D)
+
+    def forward_grids(self, parts: list[tuple[torch.Tensor, torch.Tensor, int]]) -> torch.Tensor:
+        """Embed a token group from several grids: parts [(x (N, C_g, h*k, w*k), channels (C_g,), k)],
+        `channels` the positions of the grid's bands in the group, k its pixels per patch; every
+        part on the same h x w patch grid. -> (N, h*w, D)."""
+        out = None
+        for x, channels, k in parts:
+            kernel = self.weight.index_select(1, channels).flatten(2)  # (D, C_g, p0*p0)
+            if k != self.base_patch_size:
+                kernel = kernel @ pi_resize_matrix(self.base_patch_size, k).to(kernel)  # (D, C_g, k*k)
+            projected = F.linear(patchify(x, k), kernel.flatten(1))  # (N, h*w, D)
+            out = projected if out is None else out + projected
+        return out + self.bias
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, C, h*p, w*p) -> (N, h*w, C*p*p), patches in row-major order, each (channel, row, column)."""
+    N, C, H, W = x.shape
+    h, w = H // p, W // p
+    return x.reshape(N, C, h, p, w, p).permute(0, 2, 4, 1, 3, 5).reshape(N, h * w, C * p * p)

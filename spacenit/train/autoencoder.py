@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spacenit.arch.heads import PixelHead
+from spacenit.arch.heads import PixelHead, patch_targets
 from spacenit.arch.models import SpaceNitModel
 from spacenit.arch.norm import RMSNorm
 from spacenit.arch.packing import key_mask, pack, unpack
@@ -70,29 +70,6 @@ class PixelDecoder(nn.Module):
         return unpack(self.norm(out[:, K:]), real, index, layout.num_tokens)  # (B, N, Dd)
 
 
-def target_pixels(model: SpaceNitModel, images: dict[str, torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
-    """{(sensor, group): (B, T, C, H, W)} of the bands of every token group, in the tokenizer's order."""
-    out = {}
-    for spec in model.sensors:
-        for group in model.encoder.tokenizer.groups[spec.name]:
-            index = torch.tensor(spec.band_index(group.bands), device=images[spec.name].device)
-            out[(spec.name, group.name)] = images[spec.name].index_select(2, index)
-    return out
-
-
-def patchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, T, C, H, W) -> (B, T*h*w, C*p*p), tokens in (t, row, col) order like the tokenizer's.
-
-    A non-spatial sensor's (B, T, C) is already one token per timestep.
-    """
-    if x.ndim == 3:
-        return x
-    B, T, C, H, W = x.shape
-    p = patch_size
-    x = x.reshape(B, T, C, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)  # (B, T, h, w, C, p, p)
-    return x.reshape(B, T * (H // p) * (W // p), C * p * p)
-
-
 class PixelBranch(nn.Module):
     """Pixel decoder + PixelHead + reconstruction loss; shared by AutoEncoder and DualBranch."""
 
@@ -111,21 +88,20 @@ class PixelBranch(nn.Module):
         nonspatial = frozenset(s.name for s in model.sensors if not s.spatial)
         self.head = PixelHead(model.config.decoder_dim, channels, model.config.base_patch_size, nonspatial)
 
-    def forward(self, model: SpaceNitModel, images, tok, encoded, visible, predict, patch_size: int,
-                registers: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(self, tok, encoded, visible, predict, registers: torch.Tensor | None = None) -> torch.Tensor:
         """The reconstruction loss of the predicted patches (mean over patches of all groups)."""
         features = self.decoder(encoded, visible, predict, tok.layout, registers)  # (B, N, Dd)
         with torch.autocast(features.device.type, enabled=False):  # pixels in float32 (bf16 resize has no CPU kernel)
-            predicted = self.head(features.float(), tok.layout)  # {(sensor, group): (B, T, C, H, W)}
-        targets = target_pixels(model, images)
+            predicted = self.head(features.float(), tok.layout, tok.pixels)  # {(sensor, group): (B, L, P)}
+        targets = patch_targets(tok.pixels)
         c = self.config
         total, patches = features.float().sum() * 0.0, predict.new_zeros((), dtype=torch.long)
         for block, start, stop in tok.layout.spans():
             per_group = predict[:, start:stop].unflatten(1, (len(block.groups), -1))  # (B, G, T*h*w)
             for gi, group in enumerate(block.groups):
                 sel = per_group[:, gi]  # (B, T*h*w)
-                target = patchify(targets[(block.sensor, group)], patch_size)[sel]  # (M, C*p*p)
-                pred = patchify(predicted[(block.sensor, group)], patch_size)[sel]  # (M, C*p*p)
+                target = targets[(block.sensor, group)][sel]  # (M, P)
+                pred = predicted[(block.sensor, group)][sel]  # (M, P)
                 term = losses.reconstruction(pred, target, target != SENTINEL, kind=c.reconstruction_loss,
                                              normalize_target=c.normalize_target_patches)  # fmt: skip
                 # Groups differ in patch length: weigh each group's mean by its number of patches.
@@ -147,7 +123,7 @@ class AutoEncoder(TrainModule):
         tok = self.model.encoder.tokenizer(batch["images"], batch["months"], patch_size, batch.get("gsd_m"))
         visible, predict = self.mask(tok, generator, step)
         encoded, _, _, registers = self.model.encoder.encode_with_registers(tok, visible)
-        recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size, registers)
+        recon = self.pixel(tok, encoded, visible, predict, registers)
         return {
             "loss": self.config.reconstruction_weight * recon,
             "reconstruction_loss": recon,

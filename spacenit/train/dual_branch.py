@@ -29,7 +29,7 @@ class DualBranch(LatentPrediction):
         visible, predict = self.mask(tok, generator, step)
         encoded, _, encoded_layout, registers = self.model.encoder.encode_with_registers(tok, visible)
         out = self.latent_terms(batch, tok, encoded, encoded_layout, visible, predict, patch_size)
-        recon = self.pixel(self.model, batch["images"], tok, encoded, visible, predict, patch_size, registers)
+        recon = self.pixel(tok, encoded, visible, predict, registers)
         out["reconstruction_loss"] = recon
         out["loss"] = out.pop("weighted_loss") + self.config.reconstruction_weight * recon
         return out

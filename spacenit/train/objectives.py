@@ -106,7 +106,8 @@ class LatentPrediction(TrainModule):
             predicted, layout = encoder.upsampler(predicted, tok.layout, target_patch_size)  # (B, N_fine, D)
             predict = upsample_mask(predict, tok.layout, target_patch_size)  # (B, N_fine)
         with torch.no_grad():
-            target, target_keep, _ = self.target_encoder(batch["images"], batch["months"], target_patch_size)
+            target, target_keep, _ = self.target_encoder(batch["images"], batch["months"], target_patch_size,
+                                                         gsd_m=batch.get("gsd_m"))  # fmt: skip
             target = F.layer_norm(target.float(), target.shape[-1:])
         predict = predict & target_keep  # never a target without data
         if c.latent_loss == "smooth_l1":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +29,14 @@ from accelerate import Accelerator
 
 from spacenit.arch.models import ModelConfig, SpaceNitModel, count_parameters
 from spacenit.config import Config, ConfigError
+from spacenit.data.crop import alignment_px, grid_factors
 from spacenit.data.format import write_json_atomic
 from spacenit.data.loader import (
     BatchPlanner,
     GeoTileDataset,
     LoaderConfig,
     build_pretrain_loader,
+    months_of,
     pretrain_geometry,
 )
 from spacenit.data.masking import MaskingConfig
@@ -180,7 +183,8 @@ def pretrain(
     if tc.global_batch_size % (world * micro):
         raise ConfigError(f"train.global_batch_size={tc.global_batch_size} must divide into {world} processes x "
                           f"micro-batches of {micro} samples")  # fmt: skip
-    planner = BatchPlanner(len(dataset), tc.global_batch_size, micro, pretrain_geometry(dataset), config.data, tc.seed)
+    planner = BatchPlanner(len(dataset), tc.global_batch_size, micro, pretrain_geometry(dataset, config.model),
+                           config.data, tc.seed)  # fmt: skip
     accum = planner.micro_batches_per_step // world
 
     sensors = [dataset.reader.info.sensors[name] for name in dataset.sensor_names]
@@ -386,15 +390,22 @@ def _finish(model, result, config, stats, dataset, checksums, extra, register_as
 
 
 def serving_example(reader, sensors: list[str], patch_size: int, max_px: int = 32) -> dict[str, np.ndarray]:
-    """The first sample in raw units, (1, T, C, H, W) per sensor, cropped to at most `max_px`
-    (a multiple of the patch size): what a client of the served encoder sends."""
+    """The first sample in raw units, what a client of the served encoder sends: each sensor grid as
+    "<sensor>/<grid>" (1, T, C_g, H_g, W_g) over at most `max_px` reference pixels (a multiple of the
+    patch size and of every grid's pixel), and "<sensor>/months" (1, T)."""
     sample = reader[0]
-    size = patch_size * max(1, max_px // patch_size)
+    info = reader.info
+    factors = grid_factors({s: info.grids[s] for s in sensors}, info.gsd_m)
+    unit = math.lcm(patch_size, alignment_px(factors.values()))
+    size = min(info.tile_size_px, unit * max(1, max_px // unit))
     example = {}
     for name in sensors:
-        data = sample.data[name]
-        data = data[..., :size, :size] if data.ndim == 4 else data  # (T, C, H, W) or non-spatial (T, C)
-        example[name] = np.ascontiguousarray(data[None])
+        for grid, data in sample.data[name].items():
+            if data.ndim == 4:  # (T, C, H, W); non-spatial sensors are (T, C)
+                side = int(size / factors[(name, grid.name)])
+                data = data[..., :side, :side]
+            example[f"{name}/{grid.name}"] = np.ascontiguousarray(data[None])
+        example[f"{name}/months"] = months_of(sample.record.dates.get(name, [""]))[None]
     return example
 
 

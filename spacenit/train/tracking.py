@@ -239,15 +239,21 @@ def _version_tags(metadata: dict[str, Any]) -> dict[str, str]:
 
 
 def _signature(checkpoint_dir: Path, input_example: dict[str, np.ndarray]):
-    """The pyfunc signature: the example's arrays in, pooled embeddings out, the `output` parameter."""
-    from mlflow.models import infer_signature
+    """The pyfunc signature: pooled embeddings out and the `output` parameter, and no input schema.
+
+    An input schema of tensors would pin every dimension but the batch, every sensor as required
+    and one dtype: serving would refuse a 64 px tile, a single date, Sentinel-2 alone from a
+    multi-sensor model, or float64 pixels, all of which the model takes. The model checks its
+    inputs itself (`spacenit.evaluation.embed.model_arrays`), with errors that say what is wrong.
+    """
+    from mlflow.models import ModelSignature, infer_signature
 
     from spacenit.evaluation.embed import embed_arrays
     from spacenit.train.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint_dir)
-    output = embed_arrays(model, meta, input_example)
-    return infer_signature(input_example, output, params={"output": "pooled"})
+    inferred = infer_signature(None, embed_arrays(model, meta, input_example), params={"output": "pooled"})
+    return ModelSignature(inputs=None, outputs=inferred.outputs, params=inferred.params)
 
 
 def log_and_register_encoder(

@@ -30,6 +30,7 @@ import torch
 from spacenit.arch.models import SpaceNitModel
 from spacenit.arch.pooling import mean_pool
 from spacenit.data.augmentations import augmented_view, spectral_jitter
+from spacenit.data.images import as_grids
 from spacenit.data.masking import MaskingStrategy
 from spacenit.train import losses
 from spacenit.train.module import ObjectiveConfig
@@ -52,7 +53,9 @@ class ViewContrast(LatentPrediction):
         c, encoder = self.config, self.model.encoder
         scale = tuple(c.view_crop_scale)
         months, gsd_m = batch["months"], batch.get("gsd_m")
-        views = [augmented_view(batch["images"], generator, scale, resize=c.view_resize, multiple=patch_size) for _ in range(2)]
+        reference = gsd_m or self.model.config.reference_gsd_m
+        images = {s.name: as_grids(batch["images"][s.name], s, reference) for s in self.model.sensors}
+        views = [augmented_view(images, generator, scale, resize=c.view_resize, multiple=patch_size) for _ in range(2)]
         views = [spectral_jitter(v, generator, c.view_spectral_jitter, self._continuous) for v in views]
         pooled, toks, tokens = [], [], 0
         for images in views:
