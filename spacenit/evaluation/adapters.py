@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from spacenit.arch.models import SpaceNitModel
+from spacenit.data.images import to_one_grid
 from spacenit.data.shards import DatasetReader
 from spacenit.data.standardizer import Standardizer
 from spacenit.data.stats import load_stats
@@ -172,6 +173,7 @@ class RawPixelAdapter:
         reader = DatasetReader(task.dataset_dir)
         _check_order(reader, task)
         specs = reader.info.sensors
+        self._tile_px = reader.info.tile_size_px
         standardize = Standardizer(load_stats(Path(task.dataset_dir) / "stats.json"), specs)
         pooled, tokens = [], []
         with warnings.catch_warnings():
@@ -186,7 +188,10 @@ class RawPixelAdapter:
     def _sample_features(self, sample, specs, standardize, patch_tokens: bool):
         stats, cells = [], []
         for name in specs:
-            x = standardize(name, sample.data[name])  # (T, C, H, W) or (T, C)
+            # Every grid repeated onto the reference grid (nearest): the statistics of the bands'
+            # values, whatever their pixel size, and patch means on one grid for every sensor.
+            tile = (self._tile_px, self._tile_px)
+            x = standardize(name, to_one_grid(sample.data[name], specs[name], mode="nearest", size=tile))  # (T, C, H, W) or (T, C)
             values = np.where(x == SENTINEL, np.nan, x)
             per_band = np.moveaxis(values, 1, 0).reshape(values.shape[1], -1)  # (C, T*H*W)
             stats += [np.nan_to_num(np.nanmean(per_band, axis=1)), np.nan_to_num(np.nanstd(per_band, axis=1))]

@@ -3,11 +3,10 @@
 - `eurosat`: EuroSAT MS chips (Sentinel-2 L1C, 10 classes), converted with
   `spacenit convert --layout class_folders`. The folder holds one split only,
   so the task is scored by 5-fold cross-fitting (see `splits.py`).
-- `bigearthnet`: BigEarthNet v1 patches, Sentinel-2 L2A (12 bands, 120 px)
-  + Sentinel-1 (VV, VH), multi-label with the 19-class nomenclature; the
-  train/val/test split comes with the data. The source has no georeferencing,
-  so the dataset is written directly (no CRS, no bounds) instead of through
-  `convert`, which needs a CRS.
+- `bigearthnet`: BigEarthNet patches, Sentinel-2 L2A (12 bands at 10, 20 and 60 m,
+  each on its own grid) + Sentinel-1 (VV, VH), multi-label with the 19-class
+  nomenclature; the train/val/test split comes with the data. v1 (bare arrays,
+  no georeferencing) and v2 (reBEN) layouts: `spacenit.conversion.bigearthnet`.
 - any directory written by `convert` whose samples carry labels: `label`, or `labels`
   for multi-label samples (a manifest's `labels` column).
 
@@ -16,24 +15,18 @@ Prepared datasets are cached under a work directory and reused.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 
+from spacenit.conversion.bigearthnet import prepare_bigearthnet
 from spacenit.data.format import (
     DATASET_JSON,
-    DatasetInfo,
-    SampleRecord,
     load_dataset_info,
-    save_dataset_info,
 )
-from spacenit.data.shards import write_zarr_shard
 from spacenit.data.stats import STATS_JSON, compute_stats
 from spacenit.evaluation.errors import ProbeError
-from spacenit.sensors import SENTINEL1, SENTINEL2_L2A
 
 HOLDOUT = "holdout"
 CROSSFIT = "crossfit"
@@ -107,51 +100,12 @@ def eurosat_task(data_root: str | Path, work_dir: str | Path) -> Task:
     return task_from_dataset(out, name="eurosat", protocol=CROSSFIT)
 
 
-def _s2_date(patch_id: str) -> str:
-    stamp = patch_id.split("_")[2]  # S2A_MSIL2A_20170613T101031_39_24 -> 20170613T101031
-    return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}"
-
-
-def _read_named(path: Path, bands: tuple[str, ...]) -> np.ndarray:
-    """Read the bands of `path` by their descriptions, in the order of `bands` -> (C, H, W) float32."""
-    with rasterio.open(path) as src:
-        names = list(src.descriptions)
-        missing = [b for b in bands if b not in names]
-        if missing:
-            raise ProbeError(f"{path} lacks bands {missing} (it has {names})")
-        return np.stack([src.read(names.index(b) + 1) for b in bands]).astype(np.float32)
-
-
-def prepare_bigearthnet(source: str | Path, out: str | Path) -> Path:
-    """Write BigEarthNet v1 (s2/*_12band_120px.tif + s1/*_S1.tif + labels.json) as a SpaceNit dataset."""
-    source, out = Path(source), Path(out)
-    if (out / DATASET_JSON).is_file() and all(s.labels is not None for s in load_dataset_info(out).samples):
-        return out  # prepared before (without `labels`: by an older SpaceNit, so prepared again)
-    entries = json.loads((source / "labels.json").read_text())
-    s2, s1, records = [], [], []
-    for row, e in enumerate(entries):
-        pid = e["patch_id"]
-        s2.append(_read_named(source / "s2" / f"{pid}_12band_120px.tif", SENTINEL2_L2A.bands)[None])  # (1, 12, H, W)
-        s1.append(_read_named(source / "s1" / f"{pid}_S1.tif", SENTINEL1.bands)[None])  # (1, 2, H, W)
-        # The S1 acquisition date is not in the source: unknown ("").
-        dates = {SENTINEL2_L2A.name: [_s2_date(pid)], SENTINEL1.name: [""]}
-        records.append(SampleRecord(id=pid, shard="shards/shard-00000.zarr", row=row, dates=dates, split=e.get("split"),
-                                    labels=sorted(e["labels_19"])))  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shards").mkdir(exist_ok=True)
-    write_zarr_shard(out / "shards" / "shard-00000.zarr", {SENTINEL2_L2A.name: np.stack(s2), SENTINEL1.name: np.stack(s1)})
-    info = DatasetInfo(
-        sensors={SENTINEL2_L2A.name: SENTINEL2_L2A, SENTINEL1.name: SENTINEL1},
-        tile_size_px=int(s2[0].shape[-1]), gsd_m=10.0,
-        num_timesteps={SENTINEL2_L2A.name: 1, SENTINEL1.name: 1}, samples=records,
-    )  # fmt: skip
-    save_dataset_info(out, info)
-    return out
-
-
 def bigearthnet_task(data_root: str | Path, work_dir: str | Path) -> Task:
-    """BigEarthNet v1 from `data_root/bigearthnet/v1`: multi-label (19 classes), the data's split."""
-    out = prepare_bigearthnet(Path(data_root) / "bigearthnet" / "v1", Path(work_dir) / "bigearthnet")
+    """BigEarthNet from `data_root/bigearthnet/v1` (or `v2`, reBEN's layout): multi-label (19 classes),
+    the data's split; Sentinel-2 at its native resolutions, Sentinel-1 beside it."""
+    root = Path(data_root) / "bigearthnet"
+    source = next((root / v for v in ("v2", "v1") if (root / v).is_dir()), root)
+    out = prepare_bigearthnet(source, Path(work_dir) / "bigearthnet")
     return task_from_dataset(out, name="bigearthnet", protocol=HOLDOUT)
 
 

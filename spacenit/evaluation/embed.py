@@ -30,6 +30,8 @@ from spacenit.data.loader import months_of
 from spacenit.data.shards import DatasetReader
 from spacenit.evaluation.inputs import InputBindingError, ModelInputs, bind_sensors
 from spacenit.evaluation.patch_maps import embed_with_maps
+from spacenit.sensors import SENTINEL, Grid
+from spacenit.sensors import grid_name as grid_name_of
 from spacenit.train.checkpoint import CheckpointMeta, load_checkpoint
 
 EMBEDDINGS_ARRAY = "embeddings"
@@ -85,21 +87,27 @@ class ModelInputDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.reader[index]
-        images = {k: torch.from_numpy(v) for k, v in self.inputs.sample(sample.data).items()}
-        months = {
-            b.model_sensor.name: torch.from_numpy(months_of(sample.record.dates.get(b.data_sensor, [""] * images[b.model_sensor.name].shape[0])))
-            for b in self.inputs.bindings
-        }
+        images = {name: {g: torch.from_numpy(x) for g, x in grids.items()} for name, grids in self.inputs.sample(sample.data).items()}
+        months = {}
+        for b in self.inputs.bindings:
+            T = next(iter(images[b.model_sensor.name].values())).shape[0]
+            months[b.model_sensor.name] = torch.from_numpy(months_of(sample.record.dates.get(b.data_sensor, [""] * T)))
         return {"images": images, "months": months, "index": index}
 
 
 def collate_inputs(items: list[dict]) -> dict:
-    sensors = items[0]["images"].keys()
+    images = items[0]["images"]
     return {
-        "images": {s: torch.stack([it["images"][s] for it in items]) for s in sensors},
-        "months": {s: torch.stack([it["months"][s] for it in items]) for s in sensors},
+        "images": {s: {g: torch.stack([it["images"][s][g] for it in items]) for g in grids} for s, grids in images.items()},
+        "months": {s: torch.stack([it["months"][s] for it in items]) for s in images},
         "index": torch.tensor([it["index"] for it in items]),
     }
+
+
+def to_device(images: dict, device: torch.device) -> dict:
+    """{sensor: {Grid: tensor}} (or {sensor: tensor}) moved to `device`."""
+    return {s: {g: x.to(device, non_blocking=True) for g, x in v.items()} if isinstance(v, dict)
+            else v.to(device, non_blocking=True) for s, v in images.items()}  # fmt: skip
 
 
 def model_inputs_for(meta: CheckpointMeta, dataset_dir: str | Path, *, sensor_map: Mapping[str, str] | None = None,
@@ -146,8 +154,8 @@ def extract(
     net.eval()
     pooled, maps, valid = [], [], []
     for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-        images = {k: v.to(device, non_blocking=True) for k, v in batch["images"].items()}
-        months = {k: v.to(device, non_blocking=True) for k, v in batch["months"].items()}
+        images = to_device(batch["images"], device)
+        months = to_device(batch["months"], device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if patch_maps:
                 p, m, v = embed_with_maps(net, images, months, patch_size, gsd_m)
@@ -228,20 +236,106 @@ def load_embeddings(path: str | Path) -> Embeddings:
     return Embeddings(np.asarray(group[EMBEDDINGS_ARRAY][...]), attrs["ids"], attrs["labels"], attrs["splits"], maps, valid)
 
 
-def embed_arrays(model: SpaceNitModel, meta: CheckpointMeta, arrays: dict[str, np.ndarray], *, patch_maps: bool = False):
-    """Raw sensor arrays (B, T, C, H, W) -> pooled embeddings (B, D); for the pyfunc flavour.
+#: Key suffix of a sensor's months in flat inputs: "sentinel2_l2a/months".
+MONTHS_KEY = "months"
 
-    With `patch_maps`, returns per-patch maps (B, h, w, D) instead (NaN where a cell has no data).
-    The arrays are taken to be on a grid of the training data's pixel size.
+
+def model_arrays(meta: CheckpointMeta, arrays: Mapping, gsd_m: float) -> tuple[dict, dict]:
+    """Raw inputs in any of the accepted forms -> ({sensor: {Grid: (B, T, C, H, W) float32}}, {sensor: (B, T)}).
+
+    Accepted, per sensor of the model (sensors not given are entirely missing):
+      - `arrays[sensor]`: one (B, T, C, H, W) array of every band, on a grid of `gsd_m` (the
+        training data's pixel size), or a dict {Grid or grid name: array} of its grids;
+      - flat keys `"<sensor>/<grid>"` (e.g. "sentinel2_l2a/20m"): one grid at its native
+        resolution, the sensor's native grid of that name (or "<gsd>m" for another pixel size);
+      - `"<sensor>/months"`: (B, T) months 1-12 (0 = unknown, the default).
+    Any numeric dtype; a single sample may drop the batch axis ((T, C, H, W)).
     """
-    gsd_m = (meta.extra or {}).get("gsd_m")  # checkpoints from before it was recorded: the reference GSD
-    missing = [s.name for s in meta.sensors if s.name not in arrays]
-    if missing:
-        raise EmbedError(f"input lacks sensor(s) {missing}; the model expects {[s.name for s in meta.sensors]}")
+    specs = {s.name: s for s in meta.sensors}
+    data: dict[str, dict[Grid, np.ndarray]] = {}
+    months: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        sensor, _, grid_name = str(key).partition("/")
+        if sensor not in specs:
+            raise EmbedError(f"input {key!r}: the model has no sensor {sensor!r}; its sensors are {sorted(specs)}")
+        spec = specs[sensor]
+        if grid_name == MONTHS_KEY:
+            months[sensor] = np.asarray(value, dtype=np.int64).reshape(-1, np.shape(value)[-1])
+        elif grid_name:
+            data.setdefault(sensor, {})[_named_grid(spec, grid_name)] = _batched(value, spec, key)
+        elif isinstance(value, Mapping):
+            for g, x in value.items():
+                grid = g if isinstance(g, Grid) else _named_grid(spec, str(g))
+                data.setdefault(sensor, {})[grid] = _batched(x, spec, f"{key}/{grid.name}")
+        else:
+            data.setdefault(sensor, {})[Grid(grid_name_of(gsd_m), spec.bands, gsd_m)] = _batched(value, spec, key)
+    if not data:
+        raise EmbedError(f"no input of the model's sensors {sorted(specs)}; give at least one")
+    batch, footprint_m = _batch_and_footprint(data)
+    for name, spec in specs.items():  # sensors not given: entirely missing, on the same footprint
+        if name not in data:
+            T = 1
+            if spec.spatial:
+                side = max(1, round(footprint_m / gsd_m))
+                data[name] = {Grid(grid_name_of(gsd_m), spec.bands, gsd_m): np.full((batch, T, spec.num_bands, side, side), SENTINEL, np.float32)}
+            else:
+                data[name] = {spec.native_grids()[0]: np.full((batch, T, spec.num_bands), SENTINEL, np.float32)}
+        T = next(iter(data[name].values())).shape[1]
+        months.setdefault(name, np.zeros((batch, T), dtype=np.int64))
+        if months[name].shape != (batch, T):
+            raise EmbedError(f"{name}/months has shape {months[name].shape}; the images have (B, T) = {(batch, T)}")
+    return data, months
+
+
+def _named_grid(spec, name: str) -> Grid:
+    """A sensor's native grid by name ("20m"), or every band at the pixel size the name gives."""
+    for grid in spec.native_grids():
+        if grid.name == name:
+            return grid
+    try:
+        gsd = float(name.removesuffix("m"))
+    except ValueError:
+        raise EmbedError(f"{spec.name}/{name}: no such grid; {spec.name}'s grids are "
+                         f"{[g.name for g in spec.native_grids()]}") from None  # fmt: skip
+    return Grid(name, spec.bands, gsd)
+
+
+def _batched(x, spec, key: str) -> np.ndarray:
+    """An input array as float32 with a batch axis: (B, T, C, H, W), or (B, T, C) for a non-spatial sensor."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.number):
+        raise EmbedError(f"input {key!r} has dtype {x.dtype}; give numbers (any int or float type)")
+    rank = 5 if spec.spatial else 3
+    if x.ndim == rank - 1:
+        x = x[None]
+    if x.ndim != rank:
+        shape = "(B, T, C, H, W)" if spec.spatial else "(B, T, C)"
+        raise EmbedError(f"input {key!r} has shape {x.shape}; expected {shape} (or without B for one sample)")
+    return x.astype(np.float32, copy=False)
+
+
+def _batch_and_footprint(data: dict[str, dict[Grid, np.ndarray]]) -> tuple[int, float]:
+    sizes = {x.shape[0] for grids in data.values() for x in grids.values()}
+    if len(sizes) != 1:
+        raise EmbedError(f"the inputs disagree on the batch size: {sorted(sizes)}")
+    extents = [x.shape[-2] * g.gsd_m for grids in data.values() for g, x in grids.items() if x.ndim == 5]
+    return sizes.pop(), max(extents, default=0.0)
+
+
+def embed_arrays(model: SpaceNitModel, meta: CheckpointMeta, arrays: Mapping, *, patch_maps: bool = False):
+    """Raw sensor arrays -> pooled embeddings (B, D); for the pyfunc flavour and the Python API.
+
+    `arrays` takes the forms `model_arrays` describes: one array per sensor on a grid of the
+    training data's pixel size, or its grids at their own resolutions; any subset of the
+    model's sensors; months with "<sensor>/months". With `patch_maps`, returns per-patch maps
+    (B, h, w, D) instead (NaN where a cell has no data).
+    """
+    gsd_m = (meta.extra or {}).get("gsd_m") or model.config.reference_gsd_m
+    data, months = model_arrays(meta, arrays, gsd_m)
     bindings = bind_sensors(meta.sensors, {s.name: s.bands for s in meta.sensors})
     inputs = ModelInputs(bindings, meta.stats)
-    images = inputs.batch({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
-    months = {k: torch.zeros(v.shape[:2], dtype=torch.long) for k, v in images.items()}
+    images = inputs.batch(data, gsd_m)
+    months = {k: torch.from_numpy(v) for k, v in months.items()}
     if not patch_maps:
         return model.embed(images, months, meta.patch_size, gsd_m=gsd_m).numpy()
     _, maps, valid = embed_with_maps(model, images, months, meta.patch_size, gsd_m)

@@ -34,7 +34,7 @@ import numpy as np
 from spacenit.data.stats import SensorStats
 from spacenit.evaluation.bootstrap import bootstrap_metrics
 from spacenit.evaluation.datasets import task_from_dataset
-from spacenit.evaluation.embed import ModelInputDataset, collate_inputs
+from spacenit.evaluation.embed import ModelInputDataset, collate_inputs, to_device
 from spacenit.evaluation.inputs import ModelInputs, bind_sensors
 from spacenit.evaluation.knn import knn_scores
 from spacenit.evaluation.splits import holdout_folds
@@ -129,8 +129,7 @@ class KnnProbeCallback:
         device = next(model.parameters()).device
         try:
             pooled = [
-                model.embed({k: v.to(device) for k, v in b["images"].items()}, {k: v.to(device) for k, v in b["months"].items()},
-                            self.patch_size, gsd_m=self._gsd_m)
+                model.embed(to_device(b["images"], device), to_device(b["months"], device), self.patch_size, gsd_m=self._gsd_m)
                 .float().cpu().numpy()
                 for b in self._batches
             ]  # fmt: skip

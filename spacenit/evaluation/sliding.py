@@ -34,7 +34,7 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from spacenit.arch.models import SpaceNitModel
-from spacenit.evaluation.embed import EmbedError, resolve_model
+from spacenit.evaluation.embed import EmbedError, resolve_model, to_device
 from spacenit.evaluation.georaster import open_writer
 from spacenit.evaluation.inputs import InputBindingError, ModelInputs, bind_sensors
 from spacenit.evaluation.patch_maps import embed_with_maps
@@ -102,13 +102,14 @@ class SceneEncoder:
     def encode(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw windows (B, C_scene, H, W), sentinel = no data -> maps (B, h, w, D), valid (B, h, w)."""
         data = {self.inputs.bindings[0].data_sensor: windows[:, None]}  # (B, T=1, C, H, W)
-        images = self.inputs.batch(data)
-        B, _, _, H, W = next(iter(images.values())).shape
+        gsd_m = self.gsd_m or self.net.config.reference_gsd_m
+        images = self.inputs.batch(data, gsd_m)
+        B, _, _, H, W = windows[:, None].shape
         for spec in self.meta.sensors:  # sensors the scene does not feed are entirely absent
             if spec.name not in images:
-                images[spec.name] = torch.full((B, 1, spec.num_bands, H, W), SENTINEL)
+                images[spec.name] = torch.full((B, 1, spec.num_bands, H, W) if spec.spatial else (B, 1, spec.num_bands), SENTINEL)
         device = next(self.net.parameters()).device
-        images = {k: v.to(device) for k, v in images.items()}
+        images = to_device(images, device)
         months = {k: torch.full((B, 1), self.month, dtype=torch.long, device=device) for k in images}
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             _, maps, valid = embed_with_maps(self.net, images, months, self.patch_size, self.gsd_m)
