@@ -11,9 +11,10 @@ from spacenit.conversion.synthetic import make_synthetic
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A synthetic samples-layout set (24 samples, 32 px, 2 dates), written once per session."""
+    """A synthetic samples-layout set (24 samples, 24 px of 10 m, 2 dates; Sentinel-2 bands at 10, 20
+    and 60 m, a 30 m DEM), written once per session."""
     return make_synthetic(
-        tmp_path_factory.mktemp("synthetic"), num_samples=24, tile_size_px=32, num_dates=2, seed=0
+        tmp_path_factory.mktemp("synthetic"), num_samples=24, tile_size_px=24, num_dates=2, seed=0
     )
 
 
@@ -30,12 +31,12 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_dataset(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`synthetic_dir` converted to a dataset (32 px tiles), with stats.json."""
+    """`synthetic_dir` converted to a dataset (24 px tiles), with stats.json."""
     from spacenit.conversion.convert import convert
     from spacenit.data.stats import compute_stats
 
     out = tmp_path_factory.mktemp("dataset") / "dataset"
-    report = convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, progress=False)
+    report = convert(synthetic_dir, out, tile_size_px=24, samples_per_shard=10, progress=False)
     assert report.ok, report.failures
     compute_stats(out, progress=False)
     return out

@@ -30,3 +30,12 @@ def damage_zarr_shard_index(dataset: Path, shard: str, sensor: str) -> None:
     payload = bytearray(chunk_file.read_bytes())
     payload[-10] ^= 0xFF
     chunk_file.write_bytes(bytes(payload))
+
+
+def bands_of(sample, sensor: str) -> np.ndarray:
+    """A sample's sensor as one (T, C, H, W) array in the sensor's band order (coarser grids repeated
+    onto the finest, nearest); (T, C) for a non-spatial sensor."""
+    from spacenit.data.images import to_one_grid
+    from spacenit.sensors import REGISTRY
+
+    return to_one_grid(sample.data[sensor], REGISTRY.get(sensor), mode="nearest")

@@ -128,3 +128,90 @@ def test_cyclic_month_embedding() -> None:
     e = embed(torch.tensor([0, 1, 12, 6]))
     assert (e[0] == 0).all()  # unknown month
     assert (e[1] - e[2]).norm() < (e[1] - e[3]).norm()  # January is next to December, far from June
+
+
+# ---------------------------------------------------------------- native resolution (spec core ideas 1 and 2)
+
+
+def native_s2(B: int = 1, T: int = 1, px: int = 48, fn=None) -> dict:
+    """Sentinel-2 L2A on its native grids over a px * 10 m footprint; each band a smooth field of the ground
+    (`fn(x_m, y_m, band)`), sampled at each grid's pixel centres, so grids agree where they overlap."""
+    fn = fn or (lambda x, y, c: torch.sin(2 * math.pi * (x / 400 + 0.3 * c) + y / 300))
+    grids = {}
+    for grid in SENTINEL2_L2A.native_grids():
+        side = int(px * 10 // grid.gsd_m)
+        centres = (torch.arange(side, dtype=torch.float32) + 0.5) * grid.gsd_m
+        y, x = torch.meshgrid(centres, centres, indexing="ij")
+        bands = [fn(x, y, SENTINEL2_L2A.bands.index(b)) for b in grid.bands]
+        grids[grid] = torch.stack(bands).expand(B, T, -1, -1, -1).clone()
+    return grids
+
+
+def test_each_group_is_patched_on_its_own_grid_at_one_ground_patch_size() -> None:
+    model = create_model("spacenit_nano", [SENTINEL2_L2A], depth=1).eval()
+    months = {"sentinel2_l2a": torch.ones(1, 1, dtype=torch.long)}
+    for patch_size, expected_k in ((8, {10.0: 8, 20.0: 4, 60.0: 2}), (6, {10.0: 6, 20.0: 3, 60.0: 1}), (2, {10.0: 2, 20.0: 1, 60.0: 1})):
+        tok = model.encoder.tokenizer({"sentinel2_l2a": native_s2()}, months, patch_size)
+        assert tok.layout.grid == (48 // patch_size, 48 // patch_size)  # one token grid of patch_size x 10 m patches
+        got = {float(SENTINEL2_L2A.native_grids()[i].gsd_m): part.pixels_per_patch for i, part in enumerate(tok.pixels)}
+        assert got == expected_k, patch_size  # 80 m: 8 px at 10 m, 4 at 20 m; 60 m: ceil(80 / 60) = 2
+        for part in tok.pixels:
+            assert part.values.shape[-1] == tok.layout.grid[1] * part.pixels_per_patch
+
+
+def test_a_60m_grid_resampled_to_whole_pixels_per_patch_keeps_its_geometry() -> None:
+    # P = 80 m is 4/3 of a 60 m pixel: the grid is resampled to 2 px per patch (40 m pixels). A
+    # field linear in x is reproduced exactly where bilinear interpolation has neighbours on both
+    # sides, i.e. the resampled pixels sit where their 40 m centres are on the ground.
+    model = create_model("spacenit_nano", [SENTINEL2_L2A], depth=1).eval()
+    grids = native_s2(px=48, fn=lambda x, y, c: x + 0 * y)
+    tok = model.encoder.tokenizer({"sentinel2_l2a": grids}, {"sentinel2_l2a": torch.ones(1, 1, dtype=torch.long)}, 8)
+    part = next(p for p in tok.pixels if p.group == "60m")
+    values = part.values[0, 0, 0]  # (12, 12): 6 patches x 2 px of 40 m
+    centres = (torch.arange(12, dtype=torch.float32) + 0.5) * 40.0
+    inner = slice(1, -1)  # the edges clamp (no neighbour beyond the footprint)
+    torch.testing.assert_close(values[0, inner], centres[inner], atol=1e-3, rtol=0)
+
+
+@torch.no_grad()
+def test_native_grids_and_the_same_bands_upsampled_to_10m_give_close_tokens() -> None:
+    # FlexiViT's resize: a 20 m band's 4 x 4 pixels through the resized kernel give (least squares)
+    # the token its 8 x 8 upsampled pixels give through the base kernel. Smooth scene, smooth kernels.
+    torch.manual_seed(0)
+    model = create_model("spacenit_nano", [SENTINEL2_L2A], depth=1, tokenization=TokenizationConfig(preset="single_bandset")).eval()
+    for embed in model.encoder.tokenizer.patch_embed.values():
+        embed.weight.copy_(F.interpolate(torch.randn(embed.weight.shape[0], embed.in_channels, 3, 3), size=(8, 8),
+                                         mode="bilinear", align_corners=True) / 16)  # fmt: skip
+    native = native_s2(px=48)
+    one_grid = {"sentinel2_l2a": torch.cat([F.interpolate(x[0], size=(48, 48), mode="bilinear", align_corners=False)[None]
+                                             for x in native.values()], dim=2)}  # fmt: skip
+    order = [b for g in native for b in g.bands]
+    one_grid["sentinel2_l2a"] = one_grid["sentinel2_l2a"][:, :, [order.index(b) for b in SENTINEL2_L2A.bands]]
+    months = {"sentinel2_l2a": torch.ones(1, 1, dtype=torch.long)}
+    a = model.encoder.tokenizer({"sentinel2_l2a": native}, months, 8).tokens
+    b = model.encoder.tokenizer(one_grid, months, 8).tokens
+    assert rel_err(a, b) < 0.1
+
+
+def test_rope_places_a_10m_and_a_30m_token_of_the_same_ground_at_the_same_rotation() -> None:
+    # Spec 2.2: positions are in ground units, so a Sentinel-2 10 m token and a Landsat 30 m token over
+    # the same ground rotate alike; and a 30 m-only input tokenized at 240 m patches sits where a 10 m
+    # input at 240 m patches does.
+    model = create_model("spacenit_nano", [SENTINEL2_L2A, LANDSAT], depth=1).eval()
+    s2 = native_s2(px=48)
+    landsat = {LANDSAT.native_grids()[0]: torch.randn(1, 1, LANDSAT.num_bands, 16, 16)}
+    months = {"sentinel2_l2a": torch.ones(1, 1, dtype=torch.long), "landsat": torch.ones(1, 1, dtype=torch.long)}
+    tok = model.encoder.tokenizer({"sentinel2_l2a": s2, "landsat": landsat}, months, 8)
+    positions = tok.layout.positions(torch.device("cpu"))[:, :2]
+    spans = {block.sensor: (start, stop) for block, start, stop in tok.layout.spans()}
+    per_map = tok.layout.grid[0] * tok.layout.grid[1]
+    s2_first = positions[spans["sentinel2_l2a"][0] : spans["sentinel2_l2a"][0] + per_map]
+    landsat_first = positions[spans["landsat"][0] : spans["landsat"][0] + per_map]
+    torch.testing.assert_close(s2_first, landsat_first)
+    rotation = model.encoder.rope(torch.cat((positions, torch.zeros(len(positions), 1)), dim=1))
+    torch.testing.assert_close(rotation[spans["sentinel2_l2a"][0]], rotation[spans["landsat"][0]])
+    only_landsat = create_model("spacenit_nano", [LANDSAT], depth=1).eval()
+    at_30m = only_landsat.encoder.tokenizer({"landsat": landsat}, {"landsat": months["landsat"]}, 8, gsd_m=30.0)
+    at_10m = model.encoder.tokenizer({"sentinel2_l2a": s2, "landsat": landsat}, months, 24)
+    torch.testing.assert_close(at_30m.layout.positions(torch.device("cpu"))[:, :2],
+                               at_10m.layout.positions(torch.device("cpu"))[: at_30m.layout.num_tokens, :2])  # fmt: skip

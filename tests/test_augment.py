@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from spacenit.data.augmentations import (
@@ -15,13 +14,22 @@ from spacenit.data.augmentations import (
     sensor_dropout,
     spectral_jitter,
 )
-from spacenit.sensors import SENTINEL
+from spacenit.sensors import SENTINEL, Grid
+
+S2, S1, ERA5 = Grid("10m", ("a", "b", "c"), 10.0), Grid("10m", ("vv", "vh"), 10.0), Grid("values", tuple("wxyz"), 1e4)
 
 
-def batch(B: int = 8, px: int = 8) -> dict[str, torch.Tensor]:
+def batch(B: int = 8, px: int = 8) -> dict:
+    """{sensor: {Grid: tensor}}: the structure of a loader batch (`spacenit.data.images`)."""
     g = torch.Generator().manual_seed(0)
     s2 = torch.randn(B, 2, 3, px, px, generator=g)
-    return {"s2": s2, "s1": s2[:, :, :2] * 2 + 1, "era5": torch.randn(B, 2, 4, generator=g)}
+    return {"s2": {S2: s2}, "s1": {S1: s2[:, :, :2] * 2 + 1}, "era5": {ERA5: torch.randn(B, 2, 4, generator=g)}}
+
+
+def one(grids: dict) -> torch.Tensor:
+    """The array of a sensor stored on one grid."""
+    (x,) = grids.values()
+    return x
 
 
 def d4_orbit(x: torch.Tensor) -> list[torch.Tensor]:
@@ -35,35 +43,35 @@ def d4_orbit(x: torch.Tensor) -> list[torch.Tensor]:
 def test_dihedral_applies_one_symmetry_per_sample_to_every_sensor() -> None:
     images = batch()
     out = dihedral(images, torch.Generator().manual_seed(1))
-    assert torch.equal(out["era5"], images["era5"]), "non-spatial sensors pass through"
+    assert torch.equal(one(out["era5"]), one(images["era5"])), "non-spatial sensors pass through"
     seen = set()
     for b in range(8):
-        matches = [i for i, y in enumerate(d4_orbit(images["s2"][b])) if torch.equal(y, out["s2"][b])]
+        matches = [i for i, y in enumerate(d4_orbit(one(images["s2"])[b])) if torch.equal(y, one(out["s2"])[b])]
         assert matches, f"sample {b} is not a D4 image of itself"
         seen.add(matches[0])
         # S1 is a function of S2 here: the same transform keeps the relation
-        torch.testing.assert_close(out["s1"][b], out["s2"][b, :, :2] * 2 + 1)
+        torch.testing.assert_close(one(out["s1"])[b], one(out["s2"])[b, :, :2] * 2 + 1)
     assert len(seen) > 2, "several symmetries should be drawn over 8 samples"
 
 
 def test_cutmix_pastes_one_box_from_the_next_sample() -> None:
     images = batch()
     out = cutmix(images, torch.Generator().manual_seed(0))
-    changed = (out["s2"] != images["s2"]).any(dim=(1, 2))  # (B, H, W)
+    changed = (one(out["s2"]) != one(images["s2"])).any(dim=(1, 2))  # (B, H, W)
     rows, cols = torch.nonzero(changed.any(0), as_tuple=True)
     box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
-    torch.testing.assert_close(out["s2"][..., box[0], box[1]], images["s2"].roll(1, 0)[..., box[0], box[1]])
+    torch.testing.assert_close(one(out["s2"])[..., box[0], box[1]], one(images["s2"]).roll(1, 0)[..., box[0], box[1]])
     outside = torch.ones_like(changed[0])
     outside[box] = False
-    assert torch.equal(out["s2"][..., outside], images["s2"][..., outside])
-    assert torch.equal(out["era5"], images["era5"])
+    assert torch.equal(one(out["s2"])[..., outside], one(images["s2"])[..., outside])
+    assert torch.equal(one(out["era5"]), one(images["era5"]))
 
 
 def test_sensor_dropout_sets_whole_sensors_to_the_sentinel_and_keeps_one() -> None:
     images = batch(B=64)
     out = sensor_dropout(images, torch.Generator().manual_seed(0), probability=0.7)
-    dropped = torch.stack([(out[k] == SENTINEL).flatten(1).all(1) for k in images], dim=1)  # (B, S)
-    kept = torch.tensor([torch.equal(out[k][b], images[k][b]) for b in range(64) for k in images]).view(64, 3)
+    dropped = torch.stack([(one(out[k]) == SENTINEL).flatten(1).all(1) for k in images], dim=1)  # (B, S)
+    kept = torch.tensor([torch.equal(one(out[k])[b], one(images[k])[b]) for b in range(64) for k in images]).view(64, 3)
     assert (dropped ^ kept).all(), "a sensor is either whole or entirely dropped"
     assert kept.any(1).all() and dropped.any(), "every sample keeps a sensor; some are dropped"
 
@@ -72,7 +80,7 @@ def test_augment_config_is_deterministic_per_generator() -> None:
     cfg = AugmentConfig(dihedral=True, cutmix_probability=1.0, sensor_dropout=0.3)
     a = cfg.apply_after_crop(cfg.apply(batch(), torch.Generator().manual_seed(5)), torch.Generator().manual_seed(6))
     b = cfg.apply_after_crop(cfg.apply(batch(), torch.Generator().manual_seed(5)), torch.Generator().manual_seed(6))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(one(a[k]), one(b[k])) for k in a)
 
 
 # ---------------------------------------------------------------- views for two-view objectives
@@ -88,16 +96,17 @@ def ramps(B: int, px: int, pixel_m: float) -> torch.Tensor:
 def test_random_resized_crop_at_full_scale_is_the_identity() -> None:
     images = batch()
     out = random_resized_crop(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0))
-    torch.testing.assert_close(out["s2"], images["s2"], atol=1e-5, rtol=0)
-    assert torch.equal(out["era5"], images["era5"]), "non-spatial sensors pass through"
+    torch.testing.assert_close(one(out["s2"]), one(images["s2"]), atol=1e-5, rtol=0)
+    assert torch.equal(one(out["era5"]), one(images["era5"])), "non-spatial sensors pass through"
 
 
 def test_random_resized_crop_zooms_one_square_box_shared_by_co_registered_sensors() -> None:
     # The same 320 m tile at 10 m (32 px) and 20 m (16 px). Bilinear resampling of a linear
     # ramp is exact, so each view's ramp slope is the box side and its centre the box centre.
     fine, coarse = ramps(6, 32, 10.0), ramps(6, 16, 20.0)
-    out = random_resized_crop({"fine": fine, "coarse": coarse}, torch.Generator().manual_seed(3), scale=(0.25, 0.5))
-    f, c = out["fine"][:, 0], out["coarse"][:, 0]  # (B, 2, H, W)
+    grids = {"fine": {Grid("10m", ("x", "y"), 10.0): fine}, "coarse": {Grid("20m", ("x", "y"), 20.0): coarse}}
+    out = random_resized_crop(grids, torch.Generator().manual_seed(3), scale=(0.25, 0.5))
+    f, c = one(out["fine"])[:, 0], one(out["coarse"])[:, 0]  # (B, 2, H, W)
     slope_x = (f[:, 0, :, 1:] - f[:, 0, :, :-1]) / 10.0  # map metres per output metre: the box side
     slope_y = (f[:, 1, 1:, :] - f[:, 1, :-1, :]) / 10.0
     side = slope_x[:, 0, 0]
@@ -113,7 +122,7 @@ def test_random_resized_crop_zooms_one_square_box_shared_by_co_registered_sensor
 def test_random_resized_crop_keeps_missing_data_missing_and_never_blends_the_sentinel() -> None:
     x = ramps(8, 16, 1.0)
     x[..., :, :8] = SENTINEL  # the western half has no data
-    out = random_resized_crop({"s2": x}, torch.Generator().manual_seed(0), scale=(0.25, 1.0))["s2"]
+    out = one(random_resized_crop({"s2": {S2: x}}, torch.Generator().manual_seed(0), scale=(0.25, 1.0))["s2"])
     values = out[out != SENTINEL]
     assert values.numel() > 0 and (values >= 0).all() and (values <= 16).all(), "no sentinel leaks into a value"
     fraction = (out == SENTINEL).float().mean().item()
@@ -121,7 +130,7 @@ def test_random_resized_crop_keeps_missing_data_missing_and_never_blends_the_sen
     # Where a view's pixel maps well inside the data (map x > 9 px), it has a value.
     east = (out[:, :, 0] != SENTINEL) & (out[:, :, 0] > 9)
     assert east.any() and (out[:, :, 1][east] != SENTINEL).all()
-    again = random_resized_crop({"s2": x}, torch.Generator().manual_seed(0), scale=(0.25, 1.0))["s2"]
+    again = one(random_resized_crop({"s2": {S2: x}}, torch.Generator().manual_seed(0), scale=(0.25, 1.0))["s2"])
     assert torch.equal(out, again), "the generator fixes every view"
 
 
@@ -129,41 +138,39 @@ def test_augmented_view_turns_square_tiles_only() -> None:
     g = torch.Generator().manual_seed(0)
     view = augmented_view(batch(B=16), g, scale=(1.0, 1.0))
     images = batch(B=16)
-    turned = sum(not torch.allclose(view["s2"][b], images["s2"][b], atol=1e-5) for b in range(16))
+    turned = sum(not torch.allclose(one(view["s2"])[b], one(images["s2"])[b], atol=1e-5) for b in range(16))
     assert turned > 8, "most of 16 samples get a non-identity symmetry"
-    tall = {"s2": torch.randn(2, 1, 3, 8, 4)}
-    torch.testing.assert_close(augmented_view(tall, g, scale=(1.0, 1.0))["s2"], tall["s2"], atol=1e-5, rtol=0)
+    tall = {"s2": {S2: torch.randn(2, 1, 3, 8, 4)}}
+    torch.testing.assert_close(one(augmented_view(tall, g, scale=(1.0, 1.0))["s2"]), one(tall["s2"]), atol=1e-5, rtol=0)
 
 
 def test_random_crop_keeps_native_pixels_in_one_box_per_sample_shared_by_sensors() -> None:
     images = batch(B=8, px=32)
     g = torch.Generator().manual_seed(2)
     out = random_crop(images, g, scale=(0.2, 0.3), multiple=8)
-    side = out["s2"].shape[-1]
-    assert out["s2"].shape == (8, 2, 3, side, side) and side == 16, "sqrt(0.2..0.3) x 32 px, in whole patches of 8"
-    assert torch.equal(out["era5"], images["era5"])
+    side = one(out["s2"]).shape[-1]
+    assert one(out["s2"]).shape == (8, 2, 3, side, side) and side == 16, "sqrt(0.2..0.3) x 32 px, in whole patches of 8"
+    assert torch.equal(one(out["era5"]), one(images["era5"]))
     boxes = set()
     for b in range(8):  # each view is an exact sub-array of its own sample, the same box in every sensor
-        windows = images["s2"][b].unfold(-2, side, 1).unfold(-2, side, 1)  # (T, C, nh, nw, side, side)
-        hits = (windows == out["s2"][b][:, :, None, None]).all(-1).all(-1).all(0).all(0).nonzero().tolist()
+        windows = one(images["s2"])[b].unfold(-2, side, 1).unfold(-2, side, 1)  # (T, C, nh, nw, side, side)
+        hits = (windows == one(out["s2"])[b][:, :, None, None]).all(-1).all(-1).all(0).all(0).nonzero().tolist()
         assert len(hits) >= 1
         top, left = hits[0]
-        torch.testing.assert_close(out["s1"][b], images["s1"][b][..., top : top + side, left : left + side], rtol=0, atol=0)
+        torch.testing.assert_close(one(out["s1"])[b], one(images["s1"])[b][..., top : top + side, left : left + side], rtol=0, atol=0)
         boxes.add((top, left))
     assert len(boxes) > 1, "every sample draws its own position"
-    assert random_crop(images, g, scale=(1.0, 1.0), multiple=5)["s2"].shape[-1] == 30, "never beyond the tile"
-    with pytest.raises(ValueError, match="one pixel grid"):
-        random_crop({"s2": torch.zeros(1, 1, 1, 8, 8), "s1": torch.zeros(1, 1, 1, 4, 4)}, g, multiple=2)
+    assert one(random_crop(images, g, scale=(1.0, 1.0), multiple=5)["s2"]).shape[-1] == 30, "never beyond the tile"
 
 
 def test_spectral_jitter_is_one_affine_map_per_sample_and_band_that_spares_sentinels() -> None:
     images = batch()
-    images["s2"][0, 1, 2, 3, 4] = SENTINEL
+    one(images["s2"])[0, 1, 2, 3, 4] = SENTINEL
     out = spectral_jitter(images, torch.Generator().manual_seed(0), 0.2, sensors={"s2", "era5"})
-    assert out["s2"][0, 1, 2, 3, 4] == SENTINEL, "missing stays missing"
-    assert torch.equal(out["s1"], images["s1"]), "sensors not listed pass through"
+    assert one(out["s2"])[0, 1, 2, 3, 4] == SENTINEL, "missing stays missing"
+    assert torch.equal(one(out["s1"]), one(images["s1"])), "sensors not listed pass through"
     for name in ("s2", "era5"):
-        x, y = images[name], out[name]
+        x, y = one(images[name]), one(out[name])
         valid = x != SENTINEL
         for b in range(x.shape[0]):
             for c in range(x.shape[2]):
@@ -173,6 +180,6 @@ def test_spectral_jitter_is_one_affine_map_per_sample_and_band_that_spares_senti
                 gain, offset = torch.linalg.lstsq(A, ys.double().unsqueeze(1)).solution.squeeze(1).tolist()
                 torch.testing.assert_close(ys.double(), gain * xs.double() + offset, atol=1e-5, rtol=0)
                 assert 0.8 - 1e-6 <= gain <= 1.2 + 1e-6 and abs(offset) <= 0.2 + 1e-6
-    gains = (out["s2"][:, 0, :, 0, 1] - out["s2"][:, 0, :, 0, 0]) / (images["s2"][:, 0, :, 0, 1] - images["s2"][:, 0, :, 0, 0])
+    gains = (one(out["s2"])[:, 0, :, 0, 1] - one(out["s2"])[:, 0, :, 0, 0]) / (one(images["s2"])[:, 0, :, 0, 1] - one(images["s2"])[:, 0, :, 0, 0])
     assert gains.std() > 0.05, "samples and bands draw their own gains"
     assert spectral_jitter(images, torch.Generator(), 0.0) is images, "strength 0 is the identity and draws nothing"

@@ -26,28 +26,34 @@ from spacenit.data.format import (
     readable_json,
 )
 from spacenit.data.shards import DatasetReader
-from spacenit.sensors import SENTINEL, SENTINEL2_L1C
-from tests.rasters import write_tif
+from spacenit.sensors import SENTINEL, SENTINEL2_L1C, SENTINEL2_L2A
+from tests.rasters import bands_of, write_tif
 
 
-def test_synthetic_dataset_matches_rasterio(synthetic_dir: Path, synthetic_dataset: Path) -> None:
+def test_synthetic_dataset_matches_rasterio_band_by_band_at_native_resolution(synthetic_dir: Path, synthetic_dataset: Path) -> None:
     info = load_dataset_info(synthetic_dataset)
     assert info.format_version == FORMAT_VERSION
     assert len(info.samples) == 24
     assert set(info.sensors) == {"sentinel2_l2a", "sentinel1", "srtm"}
     assert info.num_timesteps == {"sentinel2_l2a": 2, "sentinel1": 2, "srtm": 1}
+    assert info.grids["sentinel2_l2a"] == SENTINEL2_L2A.native_grids()  # every band at the resolution of its file
+    assert [g.gsd_m for g in info.grids["srtm"]] == [30.0]
     reader = DatasetReader(synthetic_dataset)
     for i in (0, 5, 23):
         sample = reader[i]
-        s2_files = sorted((synthetic_dir / sample.id / "sentinel2_l2a").glob("*.tif"))
-        with rasterio.open(s2_files[0]) as src:
-            raw = src.read().astype(np.float32)
-            nodata = src.nodata
-            assert sample.record.crs == src.crs.to_string()
-        expected = np.where(raw == nodata, SENTINEL, raw)
-        np.testing.assert_array_equal(sample.data["sentinel2_l2a"][0], expected)
-        assert sample.data["srtm"].shape == (1, 1, 32, 32)
-        assert sample.record.dates["sentinel2_l2a"][0] == s2_files[0].stem
+        date_dir = sorted(p for p in (synthetic_dir / sample.id / "sentinel2_l2a").iterdir() if p.is_dir())[0]
+        for grid, stored in sample.data["sentinel2_l2a"].items():
+            side = 24 * 10 // int(grid.gsd_m)
+            assert stored.shape == (2, len(grid.bands), side, side)  # nothing upsampled: 24, 12 and 4 px
+            for c, band in enumerate(grid.bands):
+                with rasterio.open(date_dir / f"{band}.tif") as src:
+                    raw = src.read(1).astype(np.float32)
+                    assert src.res == (grid.gsd_m, grid.gsd_m)
+                    assert sample.record.crs == src.crs.to_string()
+                    expected = np.where(raw == src.nodata, SENTINEL, raw)
+                np.testing.assert_array_equal(stored[0, c], expected)
+        assert sample.data["srtm"][info.grids["srtm"][0]].shape == (1, 1, 8, 8)
+        assert sample.record.dates["sentinel2_l2a"][0] == date_dir.name
         assert sample.record.label is not None
 
 
@@ -57,28 +63,40 @@ def test_missing_timestep_is_sentinel(synthetic_dataset: Path) -> None:
     assert short, "the synthetic set has samples with a missing Sentinel-1 date"
     sample = reader[reader.records.index(short[0])]
     t = short[0].dates["sentinel1"].index("")
-    assert (sample.data["sentinel1"][t] == SENTINEL).all()
+    assert all((x[t] == SENTINEL).all() for x in sample.data["sentinel1"].values())
+    assert short[0].present["sentinel1"][t] is False
 
 
-def test_dem_is_resampled_onto_the_10m_grid(synthetic_dir: Path, synthetic_dataset: Path) -> None:
+def test_dem_is_stored_at_its_own_30m_pixels(synthetic_dir: Path, synthetic_dataset: Path) -> None:
     reader = DatasetReader(synthetic_dataset)
     sample = reader[0]
     with rasterio.open(synthetic_dir / sample.id / "srtm" / "dem.tif") as src:
         assert src.res == (30.0, 30.0)
         dem = src.read(1)
-    converted = sample.data["srtm"][0, 0]
-    # Bilinear resampling stays within the source's value range and varies smoothly.
-    assert converted.min() >= dem.min() - 1e-3 and converted.max() <= dem.max() + 1e-3
-    assert not (converted == SENTINEL).any()
+    (converted,) = sample.data["srtm"].values()
+    np.testing.assert_array_equal(converted[0, 0], dem)  # on its own grid: read as it is
+
+
+def test_one_grid_layout_resamples_every_band_onto_the_reference_grid(synthetic_dir: Path, tmp_path: Path) -> None:
+    report = convert(synthetic_dir, tmp_path / "one", tile_size_px=24, one_grid=True, progress=False)
+    assert report.ok
+    info = load_dataset_info(tmp_path / "one")
+    assert info.layout == "one_grid"
+    assert info.grids["sentinel2_l2a"] == SENTINEL2_L2A.one_grid(10.0)
+    sample = DatasetReader(tmp_path / "one")[0]
+    (s2,) = sample.data["sentinel2_l2a"].values()
+    assert s2.shape == (2, 12, 24, 24)
+    (dem,) = sample.data["srtm"].values()
+    assert dem.shape == (1, 1, 24, 24)
 
 
 def test_rerun_skips_finished_shards_and_redoes_missing_ones(synthetic_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    first = convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, progress=False)
+    first = convert(synthetic_dir, out, tile_size_px=24, samples_per_shard=10, progress=False)
     assert first.shards_skipped == 0 and first.num_shards == 3
     before = (out / "dataset.json").read_text()
     shutil.rmtree(out / "shards" / "shard-00001.zarr")  # as if killed before this shard landed
-    second = convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, progress=False)
+    second = convert(synthetic_dir, out, tile_size_px=24, samples_per_shard=10, progress=False)
     assert second.shards_skipped == 2
     assert (out / "dataset.json").read_text() == before
 
@@ -104,7 +122,7 @@ def test_bands_named_in_the_file_are_selected_by_name(tmp_path: Path) -> None:
     write_tif(tmp_path / "in" / "B" / "y.tif", data)
     convert(tmp_path / "in", tmp_path / "out", progress=False)
     sample = DatasetReader(tmp_path / "out")[0]
-    assert sample.data["sentinel2_l1c"][0, :, 0, 0].tolist() == list(range(1, 14))
+    assert bands_of(sample, "sentinel2_l1c")[0, :, 0, 0].tolist() == list(range(1, 14))
 
 
 # --- bad inputs: each is reported with the file's name while good inputs are converted ---
@@ -185,7 +203,7 @@ def test_unknown_sensor_folder_fails_its_sample_only(tmp_path: Path) -> None:
     write_tif(tmp_path / "in" / "s1" / "sentinel2_l2a" / "2021-01-01.tif", np.ones((12, 32, 32), np.uint16))
     write_tif(tmp_path / "in" / "s1" / "hyperspectral9000" / "2021-01-01.tif", np.ones((3, 32, 32), np.uint16))
     write_tif(tmp_path / "in" / "s2" / "sentinel2_l2a" / "2021-01-01.tif", np.ones((12, 32, 32), np.uint16))
-    report = convert(tmp_path / "in", tmp_path / "out", tile_size_px=32, progress=False)
+    report = convert(tmp_path / "in", tmp_path / "out", tile_size_px=24, progress=False)
     assert report.num_samples == 1 and [f.sample_id for f in report.failures] == ["s1"]
     assert "unknown sensor folder 'hyperspectral9000'" in report.failures[0].reason
     assert report.failures[0].path.endswith("hyperspectral9000")
@@ -247,13 +265,15 @@ def _sample_with(tmp_path: Path, sensor: str, data: np.ndarray, **tif) -> Path:
     return root
 
 
-def _reference_warp(path: Path, resampling: Resampling) -> np.ndarray:
-    """rasterio.warp.reproject of the whole file onto the anchor's 32 px grid: the independent reference."""
-    out = np.full((1, 32, 32), SENTINEL, np.float32)
+def _reference_warp(path: Path, resampling: Resampling, res: float) -> np.ndarray:
+    """rasterio.warp.reproject of the whole file onto the 240 m footprint of a 24 px tile anchored at the
+    Sentinel-2 file, at `res` metres: the independent reference."""
+    side = round(240 / res)
+    out = np.full((1, side, side), SENTINEL, np.float32)
     with rasterio.open(path) as src:
         reproject(
             source=src.read(out_dtype=np.float32), destination=out, src_transform=src.transform, src_crs=src.crs,
-            src_nodata=src.nodata, dst_transform=Affine(10, 0, _ANCHOR_ORIGIN[0], 0, -10, _ANCHOR_ORIGIN[1]),
+            src_nodata=src.nodata, dst_transform=Affine(res, 0, _ANCHOR_ORIGIN[0], 0, -res, _ANCHOR_ORIGIN[1]),
             dst_crs="EPSG:32632", dst_nodata=SENTINEL, resampling=resampling,
         )  # fmt: skip
     return out
@@ -265,14 +285,16 @@ def _origin_in_32633() -> tuple[float, float]:
     return xs[0] - 200.0, ys[0] + 200.0
 
 
-def test_other_crs_and_resolution_is_warped_bilinear_like_rasterio(tmp_path: Path) -> None:
+def test_other_crs_is_warped_bilinear_like_rasterio_keeping_its_resolution(tmp_path: Path) -> None:
     y, x = np.mgrid[0:30, 0:30]
     dem = (100 + 3 * x + 2 * y + 5 * np.sin(x / 3.0)).astype(np.float32)[None]
     dem[0, 0, :] = -32768  # a nodata row at the top
     root = _sample_with(tmp_path, "srtm", dem, crs="EPSG:32633", res=30.0, origin=_origin_in_32633(), nodata=-32768)
-    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
-    got = DatasetReader(tmp_path / "out")[0].data["srtm"][0]
-    expected = _reference_warp(root / "s" / "srtm" / "2021-06-01.tif", Resampling.bilinear)
+    convert(root, tmp_path / "out", tile_size_px=24, progress=False)
+    (got,) = DatasetReader(tmp_path / "out")[0].data["srtm"].values()
+    got = got[0]
+    assert got.shape == (1, 8, 8)  # reprojected into the anchor's CRS at its own 30 m
+    expected = _reference_warp(root / "s" / "srtm" / "2021-06-01.tif", Resampling.bilinear, 30.0)
     assert (got == SENTINEL).sum() == (expected == SENTINEL).sum()
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     valid = got != SENTINEL
@@ -282,10 +304,12 @@ def test_other_crs_and_resolution_is_warped_bilinear_like_rasterio(tmp_path: Pat
 def test_categorical_sensor_is_warped_nearest(tmp_path: Path) -> None:
     classes = np.random.default_rng(5).choice(np.array([10, 20, 30, 80], np.uint8), size=(1, 20, 20))
     root = _sample_with(tmp_path, "worldcover", classes, crs="EPSG:32633", res=20.0, origin=_origin_in_32633())
-    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
-    got = DatasetReader(tmp_path / "out")[0].data["worldcover"][0]
+    convert(root, tmp_path / "out", tile_size_px=24, progress=False)
+    (grid,) = load_dataset_info(tmp_path / "out").grids["worldcover"]
+    assert grid.gsd_m == 20.0  # the registry says 10 m; the file has 20 m, and that is what is stored
+    got = DatasetReader(tmp_path / "out")[0].data["worldcover"][grid][0]
     assert set(np.unique(got)) <= {10.0, 20.0, 30.0, 80.0, SENTINEL}
-    expected = _reference_warp(root / "s" / "worldcover" / "2021-06-01.tif", Resampling.nearest)
+    expected = _reference_warp(root / "s" / "worldcover" / "2021-06-01.tif", Resampling.nearest, 20.0)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -293,9 +317,9 @@ def test_small_raster_is_padded_and_nan_becomes_sentinel(tmp_path: Path) -> None
     vv_vh = np.random.default_rng(6).normal(-15, 3, (2, 20, 20)).astype(np.float32)
     vv_vh[1, 3, 4] = np.nan
     root = _sample_with(tmp_path, "sentinel1", vv_vh, origin=_ANCHOR_ORIGIN)
-    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
-    got = DatasetReader(tmp_path / "out")[0].data["sentinel1"][0]
-    assert got.shape == (2, 32, 32)
+    convert(root, tmp_path / "out", tile_size_px=24, progress=False)
+    got = bands_of(DatasetReader(tmp_path / "out")[0], "sentinel1")[0]
+    assert got.shape == (2, 24, 24)
     assert got[1, 3, 4] == SENTINEL
     expected = np.where(np.isnan(vv_vh), SENTINEL, vv_vh)
     np.testing.assert_array_equal(got[:, :20, :20], expected)
@@ -310,20 +334,22 @@ def test_integer_nodata_on_the_grid_becomes_sentinel_and_a_partial_raster_lands_
     landsat[4, 2, 6] = 0
     origin = (_ANCHOR_ORIGIN[0] + 50.0, _ANCHOR_ORIGIN[1] - 30.0)
     root = _sample_with(tmp_path, "landsat", landsat, origin=origin, nodata=0)
-    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
-    got = DatasetReader(tmp_path / "out")[0].data["landsat"][0]
-    expected = np.full((11, 32, 32), SENTINEL, np.float32)
-    expected[:, 3:23, 5:29] = np.where(landsat == 0, SENTINEL, landsat)
+    convert(root, tmp_path / "out", tile_size_px=24, progress=False)
+    (grid,) = load_dataset_info(tmp_path / "out").grids["landsat"]
+    assert grid.gsd_m == 10.0  # finer than the registry's 30 m: stored at the 10 m it has
+    got = DatasetReader(tmp_path / "out")[0].data["landsat"][grid][0]
+    expected = np.full((11, 24, 24), SENTINEL, np.float32)
+    expected[:, 3:23, 5:24] = np.where(landsat == 0, SENTINEL, landsat)[:, :, :19]
     np.testing.assert_array_equal(got, expected)
 
 
 def test_non_spatial_sensor_is_the_footprint_mean(tmp_path: Path) -> None:
     weather = np.stack([np.full((4, 4), v, np.float32) for v in (290.0, 280.0, 101325.0, 3.0, -1.0, 0.002)])
     root = _sample_with(tmp_path, "era5", weather, crs="EPSG:4326", res=0.25, origin=(8.5, 45.5))
-    convert(root, tmp_path / "out", tile_size_px=32, progress=False)
+    convert(root, tmp_path / "out", tile_size_px=24, progress=False)
     sample = DatasetReader(tmp_path / "out")[0]
-    assert sample.data["era5"].shape == (1, 6)
-    np.testing.assert_allclose(sample.data["era5"][0], weather[:, 0, 0], rtol=1e-6)
+    assert bands_of(sample, "era5").shape == (1, 6)
+    np.testing.assert_allclose(bands_of(sample, "era5")[0], weather[:, 0, 0], rtol=1e-6)
 
 
 def test_presence_mask_marks_missing_timesteps(synthetic_dataset: Path) -> None:
@@ -333,18 +359,18 @@ def test_presence_mask_marks_missing_timesteps(synthetic_dataset: Path) -> None:
         assert sample.present["srtm"].tolist() == [True]
         for t, present in enumerate(sample.present["sentinel1"]):
             assert present == (record.dates["sentinel1"][t] != "")
-            assert present or (sample.data["sentinel1"][t] == SENTINEL).all()
+            assert present or (bands_of(sample, "sentinel1")[t] == SENTINEL).all()
 
 
 # --- parallel, resumable, partitioned ---
 
 
 def _arrays_by_id(root: Path) -> dict[str, dict[str, np.ndarray]]:
-    return {s.id: s.data for s in DatasetReader(root)}
+    return {s.id: {(sensor, grid): x for sensor, grids in s.data.items() for grid, x in grids.items()} for s in DatasetReader(root)}
 
 
 def test_two_workers_give_the_same_dataset(synthetic_dir: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
-    report = convert(synthetic_dir, tmp_path / "ds", tile_size_px=32, samples_per_shard=10, workers=2, progress=False)
+    report = convert(synthetic_dir, tmp_path / "ds", tile_size_px=24, samples_per_shard=10, workers=2, progress=False)
     assert report.ok
     assert load_dataset_info(tmp_path / "ds").to_dict() == load_dataset_info(synthetic_dataset).to_dict()
     one, two = _arrays_by_id(synthetic_dataset), _arrays_by_id(tmp_path / "ds")
@@ -355,28 +381,28 @@ def test_two_workers_give_the_same_dataset(synthetic_dir: Path, synthetic_datase
 
 def test_changed_input_redoes_its_shard_and_stale_shards_go(synthetic_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
-    convert(synthetic_dir, out, tile_size_px=32, samples_per_shard=10, progress=False)
-    first_file = sorted(synthetic_dir.glob("*/sentinel2_l2a/*.tif"))[0]
+    convert(synthetic_dir, out, tile_size_px=24, samples_per_shard=10, progress=False)
+    first_file = sorted(synthetic_dir.glob("*/sentinel2_l2a/*/*.tif"))[0]
     shutil.copytree(synthetic_dir, tmp_path / "in")
     (tmp_path / "in" / first_file.relative_to(synthetic_dir)).touch()
     (out / "shards" / ".tmp-0000-shard-00009.zarr").mkdir()  # left by a killed run
-    report = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=10, progress=False)
+    report = convert(tmp_path / "in", out, tile_size_px=24, samples_per_shard=10, progress=False)
     assert report.shards_skipped == 0  # new paths: every fingerprint changed
-    report = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=24, progress=False)
+    report = convert(tmp_path / "in", out, tile_size_px=24, samples_per_shard=24, progress=False)
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-00000.zarr"]
     os.utime(tmp_path / "in" / first_file.relative_to(synthetic_dir), ns=(1, 1))
-    report = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=12, progress=False)
-    again = convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=12, progress=False)
+    report = convert(tmp_path / "in", out, tile_size_px=24, samples_per_shard=12, progress=False)
+    again = convert(tmp_path / "in", out, tile_size_px=24, samples_per_shard=12, progress=False)
     assert report.shards_skipped == 0 and again.shards_skipped == 2
     os.utime(tmp_path / "in" / first_file.relative_to(synthetic_dir), ns=(2, 2))
-    assert convert(tmp_path / "in", out, tile_size_px=32, samples_per_shard=12, progress=False).shards_skipped == 1
+    assert convert(tmp_path / "in", out, tile_size_px=24, samples_per_shard=12, progress=False).shards_skipped == 1
 
 
 def test_partitions_merge_into_the_full_dataset(synthetic_dir: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
     parts = [tmp_path / f"part-{i}" for i in range(3)]
     ids = []
     for i, part in enumerate(parts):
-        report = convert(synthetic_dir, part, tile_size_px=32, samples_per_shard=4, partition=(i, 3), progress=False)
+        report = convert(synthetic_dir, part, tile_size_px=24, samples_per_shard=4, partition=(i, 3), progress=False)
         assert report.partition == (i, 3)
         ids.append([r.id for r in load_dataset_info(part).samples])
     all_ids = [r.id for r in load_dataset_info(synthetic_dataset).samples]
@@ -394,11 +420,11 @@ def test_partitions_merge_into_the_full_dataset(synthetic_dir: Path, synthetic_d
 
 
 def test_merge_refuses_duplicate_ids_and_mismatched_parts(synthetic_dir: Path, tmp_path: Path) -> None:
-    convert(synthetic_dir, tmp_path / "a", tile_size_px=32, partition=(0, 2), progress=False)
+    convert(synthetic_dir, tmp_path / "a", tile_size_px=24, partition=(0, 2), progress=False)
     shutil.copytree(tmp_path / "a", tmp_path / "a-copy")
     with pytest.raises(MergeError, match=r"is in both .*/a and .*/a-copy"):
         merge_datasets([tmp_path / "a", tmp_path / "a-copy"], tmp_path / "merged")
-    convert(synthetic_dir, tmp_path / "b", tile_size_px=16, partition=(1, 2), progress=False)
+    convert(synthetic_dir, tmp_path / "b", tile_size_px=12, partition=(1, 2), progress=False)
     with pytest.raises(MergeError, match=r"differs from .* in \['tile_size_px'\]"):
         merge_datasets([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
 
@@ -439,7 +465,7 @@ def test_tile_scenes_covers_the_whole_scene_and_skips_empty_tiles(tmp_path: Path
         col, row = round((left - _ANCHOR_ORIGIN[0]) / 640), round((_ANCHOR_ORIGIN[1] - top) / 640)
         assert sample.id == f"scene_r{row}_c{col}"
         assert (right - left, top - bottom) == (640.0, 640.0)  # tiles touch: no gap, no overlap
-        canvas[:, row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64] = sample.data["sentinel1"][0]
+        canvas[:, row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64] = bands_of(sample, "sentinel1")[0]
     # Stitched back, the tiles are the scene, nodata as sentinel, padded beyond its edge.
     np.testing.assert_array_equal(canvas[:, :100, :150], np.where(data == -9999.0, SENTINEL, data))
     assert (canvas[:, 100:] == SENTINEL).all() and (canvas[:, :, 150:] == SENTINEL).all()
@@ -453,18 +479,24 @@ def test_without_tile_scenes_a_sample_is_the_top_left_tile(tmp_path: Path) -> No
     report = convert(root, tmp_path / "out", tile_size_px=64, progress=False)
     (sample,) = DatasetReader(tmp_path / "out")
     assert report.num_samples == 1 and sample.id == "scene"
-    np.testing.assert_array_equal(sample.data["sentinel1"][0], data[:, :64, :64])
+    np.testing.assert_array_equal(bands_of(sample, "sentinel1")[0], data[:, :64, :64])
 
 
 def test_tile_scenes_counts_tiles_on_the_reference_grid(tmp_path: Path) -> None:
-    # 40 x 30 px at 30 m = 1200 x 900 m: on the 10 m grid, 2 x 2 tiles of 640 m.
+    # 40 x 30 px at 30 m = 1200 x 900 m: 48 px of 10 m make tiles of 480 m, 3 x 2 of them.
     dem = np.random.default_rng(9).uniform(100, 900, (1, 30, 40)).astype(np.float32)
     write_tif(tmp_path / "in" / "hill" / "srtm" / "dem.tif", dem, res=30.0, origin=_ANCHOR_ORIGIN)
-    report = convert(tmp_path / "in", tmp_path / "out", tile_size_px=64, tile_scenes=True, progress=False)
-    assert report.num_samples == 4 and report.empty_tiles == 0
-    tops_lefts = {(s.record.bounds[0], s.record.bounds[3]) for s in DatasetReader(tmp_path / "out")}
+    report = convert(tmp_path / "in", tmp_path / "out", tile_size_px=48, gsd_m=10.0, tile_scenes=True, progress=False)
+    assert report.num_samples == 6 and report.empty_tiles == 0
+    reader = DatasetReader(tmp_path / "out")
+    tops_lefts = {(s.record.bounds[0], s.record.bounds[3]) for s in reader}
     x0, y0 = _ANCHOR_ORIGIN
-    assert tops_lefts == {(x0, y0), (x0 + 640, y0), (x0, y0 - 640), (x0 + 640, y0 - 640)}
+    assert tops_lefts == {(x0 + 480 * c, y0 - 480 * r) for r in range(2) for c in range(3)}
+    (grid,) = reader.info.grids["srtm"]
+    assert grid.gsd_m == 30.0 and reader[0].data["srtm"][grid].shape == (1, 1, 16, 16)  # at its own 30 m
+    # By default the reference grid is the finest the data has: here 30 m, so 48 px tiles are 1440 m.
+    default = convert(tmp_path / "in", tmp_path / "out30", tile_size_px=48, tile_scenes=True, progress=False)
+    assert default.num_samples == 1 and load_dataset_info(tmp_path / "out30").gsd_m == 30.0
 
 
 def test_cli_tile_scenes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,28 +27,38 @@ def test_embed_from_registry_equals_embed_from_checkpoint(pretrained, synthetic_
     assert np.isfinite(a.vectors).all() and a.vectors.std(axis=0).max() > 0
 
 
+def _flat(sample) -> dict[str, np.ndarray]:
+    """A sample as a client of the served model sends it: each grid at its own resolution, and the months."""
+    from spacenit.data.loader import months_of
+
+    out = {f"{s}/{g.name}": x[None] for s, grids in sample.data.items() for g, x in grids.items()}
+    out.update({f"{s}/months": months_of(d)[None] for s, d in sample.record.dates.items()})
+    return out
+
+
 def test_registered_pyfunc_serves_embeddings(pretrained, synthetic_dataset: Path, tmp_path: Path) -> None:
     result, tracking_uri = pretrained
     emb = load_embeddings(embed(result.checkpoint_dir, synthetic_dataset, tmp_path / "e.zarr", progress=False))
     mlflow.set_tracking_uri(tracking_uri)
     served = mlflow.pyfunc.load_model("models:/spacenit-encoder@champion")
     sample = DatasetReader(synthetic_dataset)[3]
-    # months are unknown to the pyfunc input, so compare with a months-free embedding of the same sample
-    out = served.predict({k: v[None] for k, v in sample.data.items()})
-    assert out.shape == (1, 128) and np.isfinite(out).all()
-    assert np.corrcoef(out[0], emb.vectors[3])[0, 1] > 0.5
+    out = served.predict(_flat(sample))  # native grids and months: exactly what `embed` computes
+    np.testing.assert_allclose(out[0], emb.vectors[3], rtol=1e-5, atol=1e-5)
 
-    # Logged with an input example (the first sample, raw) and a signature declaring `output`.
+    # Logged with an input example (the first sample, raw) and a signature declaring `output` but no
+    # input schema, which would pin tile size, dates, sensors and dtype (the model checks its inputs).
     info = mlflow.models.get_model_info("models:/spacenit-encoder@champion")
-    assert sorted(i["name"] for i in info.signature.inputs.to_dict()) == sorted(sample.data)
+    assert info.signature.inputs is None
     assert info.signature.params.to_dict()[0]["name"] == "output"
     assert info.saved_input_example_info is not None
     example = mlflow.models.Model.load(info.model_uri).load_input_example(
         mlflow.artifacts.download_artifacts(info.model_uri)
     )  # fmt: skip
-    np.testing.assert_array_equal(example["sentinel2_l2a"][0], DatasetReader(synthetic_dataset)[0].data["sentinel2_l2a"])
-    maps = served.predict({k: v[None] for k, v in sample.data.items()}, params={"output": "patch_maps"})
-    assert maps.shape == (1, 4, 4, 128)  # 32 px tiles, patch size 8
+    first = _flat(DatasetReader(synthetic_dataset)[0])
+    assert sorted(example) == sorted(first)
+    np.testing.assert_array_equal(example["sentinel2_l2a/20m"], first["sentinel2_l2a/20m"])
+    maps = served.predict(_flat(sample), params={"output": "patch_maps"})
+    assert maps.shape == (1, 3, 3, 128)  # 24 px tiles, patch size 8
 
 
 def test_embed_refuses_a_dataset_without_the_model_sensors(pretrained, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from spacenit.data.shards import DatasetReader
 from spacenit.evaluation.embed import embed, embed_arrays, load_embeddings
 from spacenit.evaluation.inputs import InputBindingError, bind_sensors
 from spacenit.evaluation.patch_maps import embed_with_maps
-from spacenit.sensors import SENTINEL, SENTINEL2_L1C, SENTINEL2_L2A
+from spacenit.sensors import SENTINEL, SENTINEL2_L1C, SENTINEL2_L2A, Grid
 from spacenit.train.checkpoint import load_checkpoint
 
 
@@ -36,8 +36,9 @@ def test_patch_maps_match_a_token_loop_and_pool_like_embed(pretrained, synthetic
     model, meta = load_checkpoint(result.checkpoint_dir)
     batch = collate([GeoTileDataset(synthetic_dataset, meta.stats)[i] for i in range(3)])
     images = dict(batch["images"])
-    images["sentinel2_l2a"] = images["sentinel2_l2a"].clone()
-    images["sentinel2_l2a"][0, :, :, :8, :8] = SENTINEL  # one cell without optical data
+    images["sentinel2_l2a"] = {g: x.clone() for g, x in images["sentinel2_l2a"].items()}
+    for grid, x in images["sentinel2_l2a"].items():  # one 80 m cell without optical data, on every grid
+        x[0, :, :, : -(-80 // int(grid.gsd_m)), : -(-80 // int(grid.gsd_m))] = SENTINEL
     pooled, maps, valid = embed_with_maps(model, images, batch["months"], meta.patch_size)
     with torch.no_grad():
         encoded, keep, tokens = model.encoder(images, batch["months"], meta.patch_size)
@@ -55,7 +56,7 @@ def test_embed_writes_maps_and_workers_do_not_change_results(pretrained, synthet
     b = load_embeddings(embed(result.checkpoint_dir, synthetic_dataset, tmp_path / "b.zarr", progress=False, num_workers=2, batch_size=5))
     np.testing.assert_allclose(a.vectors, b.vectors, rtol=1e-5, atol=1e-6)
     assert b.patch_maps is None
-    assert a.patch_maps.shape == (24, 4, 4, 128) and a.patch_valid.shape == (24, 4, 4) and a.patch_valid.all()
+    assert a.patch_maps.shape == (24, 3, 3, 128) and a.patch_valid.shape == (24, 3, 3) and a.patch_valid.all()
     # The pooled vector is the token mean; with every cell full, that is the count-weighted map mean.
     assert np.isfinite(a.patch_maps).all()
 
@@ -64,9 +65,9 @@ def test_pyfunc_arrays_give_maps_too(pretrained, synthetic_dataset: Path) -> Non
     result, _ = pretrained
     model, meta = load_checkpoint(result.checkpoint_dir)
     sample = DatasetReader(synthetic_dataset)[0]
-    arrays = {k: v[None] for k, v in sample.data.items()}
+    arrays = {k: {g: v[None] for g, v in grids.items()} for k, grids in sample.data.items()}  # native grids
     maps = embed_arrays(model, meta, arrays, patch_maps=True)
-    assert maps.shape == (1, 4, 4, 128) and np.isfinite(maps).all()
+    assert maps.shape == (1, 3, 3, 128) and np.isfinite(maps).all()
     assert embed_arrays(model, meta, arrays).shape == (1, 128)
 
 
@@ -85,7 +86,8 @@ def test_band_binding_by_name() -> None:
 
 
 def test_the_grids_pixel_size_reaches_the_encoder(pretrained, synthetic_dataset: Path, tmp_path: Path) -> None:
-    """Positions scale with the dataset's gsd_m: the same pixels said to be 30 m embed like a direct 30 m call."""
+    """Positions scale with the grids' pixel sizes: the same pixels said to be 3x coarser embed like a direct call
+    with 3x coarser grids."""
     import json
     import shutil
 
@@ -96,12 +98,16 @@ def test_the_grids_pixel_size_reaches_the_encoder(pretrained, synthetic_dataset:
     shutil.copytree(synthetic_dataset, coarse)
     info = json.loads((coarse / "dataset.json").read_text())
     info["gsd_m"] = 30.0
+    for grids in info["grids"].values():
+        for grid in grids:
+            grid["gsd_m"] *= 3
     (coarse / "dataset.json").write_text(json.dumps(info))
 
     at_10 = load_embeddings(embed(result.checkpoint_dir, synthetic_dataset, tmp_path / "a.zarr", progress=False, num_workers=0))
     at_30 = load_embeddings(embed(result.checkpoint_dir, coarse, tmp_path / "b.zarr", progress=False, num_workers=0))
     assert not np.allclose(at_10.vectors, at_30.vectors, atol=1e-4)
     batch = collate([GeoTileDataset(synthetic_dataset, meta.stats)[i] for i in range(2)])
+    coarser = {s: {Grid(g.name, g.bands, 3 * g.gsd_m): x for g, x in grids.items()} for s, grids in batch["images"].items()}
     with torch.no_grad():
-        direct = model.embed(batch["images"], batch["months"], meta.patch_size, gsd_m=30.0).numpy()
+        direct = model.embed(coarser, batch["months"], meta.patch_size, gsd_m=30.0).numpy()
     np.testing.assert_allclose(at_30.vectors[:2], direct, rtol=1e-4, atol=1e-5)

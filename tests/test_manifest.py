@@ -20,16 +20,16 @@ from spacenit.data.shards import DatasetReader
 from spacenit.evaluation.datasets import task_from_dataset
 from spacenit.evaluation.errors import ProbeError
 from spacenit.sensors import SENTINEL, SENTINEL2_L2A
-from tests.rasters import write_tif
+from tests.rasters import bands_of, write_tif
 
 ORIGIN = (600_000.0, 5_100_000.0)  # EPSG:32632
 
 
 def _s2_band_files(root: Path, sample: str, date: str, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """One file per Sentinel-2 L2A band at its native GSD (10 / 20 / 60 m), all covering 320 m."""
+    """One file per Sentinel-2 L2A band at its native GSD (10 / 20 / 60 m), all covering 360 m (and one pixel more)."""
     rows = []
     for group in SENTINEL2_L2A.groups:
-        size = int(320 // group.gsd_m) + 1
+        size = int(360 // group.gsd_m) + 1
         for band in group.bands:
             rel = f"{sample}/s2/{date}/{band}.tif"
             write_tif(root / rel, rng.integers(100, 4000, (1, size, size), dtype=np.uint16), res=group.gsd_m, origin=ORIGIN)
@@ -52,29 +52,25 @@ def test_csv_manifest_with_one_file_per_band_and_several_dates(tmp_path: Path) -
             for band, rel in _s2_band_files(root, sample, date, rng):
                 rows.append({"sample_id": sample, "sensor": "sentinel2_l2a", "path": rel, "date": date,
                              "label": label, "split": "train", "bands": band})  # fmt: skip
-    vv_vh = write_tif(root / "a" / "s1.tif", rng.normal(-12, 2, (2, 32, 32)).astype(np.float32), origin=ORIGIN)
+    vv_vh = write_tif(root / "a" / "s1.tif", rng.normal(-12, 2, (2, 36, 36)).astype(np.float32), origin=ORIGIN)
     rows.append({"sample_id": "a", "sensor": "sentinel1", "path": "a/s1.tif", "date": "2021-07-02", "label": "crop", "split": "train"})
-    report = convert(root, tmp_path / "ds", manifest=_write_csv(tmp_path / "m.csv", rows), tile_size_px=32, progress=False)
+    report = convert(root, tmp_path / "ds", manifest=_write_csv(tmp_path / "m.csv", rows), tile_size_px=36, progress=False)
     assert report.ok and report.num_samples == 2
 
     reader = DatasetReader(tmp_path / "ds")
     a, b = reader[0], reader[1]
     assert (a.record.label, a.record.split, b.record.label) == ("crop", "train", "forest")
     assert a.record.dates == {"sentinel1": ["2021-07-02"], "sentinel2_l2a": ["2021-05-01", "2021-07-01"]}
-    assert b.present["sentinel1"].tolist() == [False] and (b.data["sentinel1"] == SENTINEL).all()
+    assert b.present["sentinel1"].tolist() == [False] and (bands_of(b, "sentinel1") == SENTINEL).all()
     with rasterio.open(vv_vh) as src:
-        np.testing.assert_array_equal(a.data["sentinel1"][0], src.read())
-    # The 10 m band is copied, the 20 m band warped (bilinear) onto the 10 m grid like rasterio does.
-    b08 = SENTINEL2_L2A.band_index(["B08"])[0]
-    with rasterio.open(root / "a" / "s2" / "2021-07-01" / "B08.tif") as src:
-        np.testing.assert_array_equal(a.data["sentinel2_l2a"][1, b08], src.read(1)[:32, :32])
-    b11 = SENTINEL2_L2A.band_index(["B11"])[0]
-    expected = np.full((32, 32), SENTINEL, np.float32)
-    with rasterio.open(root / "a" / "s2" / "2021-07-01" / "B11.tif") as src:
-        reproject(src.read(1).astype(np.float32), expected, src_transform=src.transform, src_crs=src.crs,
-                  dst_transform=Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1]), dst_crs=src.crs,
-                  dst_nodata=SENTINEL, resampling=Resampling.bilinear)  # fmt: skip
-    np.testing.assert_allclose(a.data["sentinel2_l2a"][1, b11], expected, rtol=1e-6)
+        np.testing.assert_array_equal(bands_of(a, "sentinel1")[0], src.read())
+    # Every band is copied as its file has it, at 10, 20 or 60 m: 36, 18 and 6 px over the 360 m tile.
+    for grid, stored in a.data["sentinel2_l2a"].items():
+        side = int(360 // grid.gsd_m)
+        assert stored.shape == (2, len(grid.bands), side, side)
+        for c, band in enumerate(grid.bands):
+            with rasterio.open(root / "a" / "s2" / "2021-07-01" / f"{band}.tif") as src:
+                np.testing.assert_array_equal(stored[1, c], src.read(1)[:side, :side])
 
 
 def test_jsonl_manifest_with_a_band_list(tmp_path: Path) -> None:
@@ -85,7 +81,7 @@ def test_jsonl_manifest_with_a_band_list(tmp_path: Path) -> None:
            "bands": ["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "_"]}  # fmt: skip
     (tmp_path / "m.jsonl").write_text(json.dumps(row) + "\n")
     assert convert(root, tmp_path / "ds", manifest=tmp_path / "m.jsonl", tile_size_px=16, gsd_m=10, progress=False).ok
-    x = DatasetReader(tmp_path / "ds")[0].data["landsat_sr"][0]
+    x = bands_of(DatasetReader(tmp_path / "ds")[0], "landsat_sr")[0]
     assert (x[0] == SENTINEL).all()  # SR_B1 is in no file: missing, not zero
     assert x[1:, 0, 0].tolist() == [2, 3, 4, 5, 6, 7]  # the skipped 7th band (99) is nowhere
 
@@ -94,9 +90,10 @@ def test_samples_layout_with_one_file_per_band(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     _s2_band_files(tmp_path / "in", "p1", "2021-06-01", rng)
     (tmp_path / "in" / "p1" / "s2").rename(tmp_path / "in" / "p1" / "sentinel2_l2a")
-    assert convert(tmp_path / "in", tmp_path / "ds", tile_size_px=32, progress=False).ok
+    assert convert(tmp_path / "in", tmp_path / "ds", tile_size_px=36, progress=False).ok
     sample = DatasetReader(tmp_path / "ds")[0]
-    assert sample.record.dates["sentinel2_l2a"] == ["2021-06-01"] and not (sample.data["sentinel2_l2a"] == SENTINEL).all()
+    assert sample.record.dates["sentinel2_l2a"] == ["2021-06-01"] and not (bands_of(sample, "sentinel2_l2a") == SENTINEL).all()
+    assert [g.gsd_m for g in sample.data["sentinel2_l2a"]] == [10.0, 20.0, 60.0]
 
 
 def test_every_bad_row_fails_its_sample_with_line_and_reason(tmp_path: Path) -> None:
@@ -189,10 +186,12 @@ def test_bigearthnet_needs_assume_crs_and_then_converts(shared_data: Path, tmp_p
     reader = DatasetReader(tmp_path / "ds")
     sample = reader[5]
     assert sample.record.crs == "EPSG:32634" and sample.record.bounds == (0.0, -1200.0, 1200.0, 0.0)  # 120 px at 10 m
+    # The upsampled 120 px stack has every band at 10 m, and is stored so (one grid), as dataset.json says.
+    assert reader.info.grids["sentinel2_l2a"] == SENTINEL2_L2A.one_grid(10.0)
     with rasterio.open(root / "s2" / f"{sample.id}_12band_120px.tif") as src:
-        np.testing.assert_array_equal(sample.data["sentinel2_l2a"][0], src.read().astype(np.float32))
+        np.testing.assert_array_equal(bands_of(sample, "sentinel2_l2a")[0], src.read().astype(np.float32))
     with rasterio.open(root / "s1" / f"{sample.id}_S1.tif") as src:
-        np.testing.assert_array_equal(sample.data["sentinel1"][0], src.read())
+        np.testing.assert_array_equal(bands_of(sample, "sentinel1")[0], src.read())
     # The multi-label classes travel through dataset.json into a task: targets as labels.json says.
     task = task_from_dataset(tmp_path / "ds")
     classes = sorted({lbl for patch in labels for lbl in patch["labels_19"]})

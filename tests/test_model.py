@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spacenit.arch.heads import PixelHead, ProjectionHead
+from spacenit.arch.heads import PixelHead, ProjectionHead, patch_targets
 from spacenit.arch.models import PRESETS, create_model
 from spacenit.arch.packing import pack, unpack
 from spacenit.arch.pooling import AttentionPool, mean_pool
@@ -146,8 +146,10 @@ def test_heads_shapes() -> None:
     images, months = batch()
     encoded, _, tok = model.encoder(images, months, 4)
     groups = {(s, g.name): len(g.bands) for s, gs in model.encoder.tokenizer.groups.items() for g in gs}
-    pixels = PixelHead(128, groups, 8)(encoded, tok.layout)
-    assert pixels[("sentinel2_l2a", "20m")].shape == (2, 2, 6, 16, 16)
-    assert pixels[("srtm", "elevation")].shape == (2, 1, 1, 16, 16)
+    pixels = PixelHead(128, groups, 8)(encoded, tok.layout, tok.pixels)
+    targets = patch_targets(tok.pixels)
+    # One row per token (2 dates x 4 x 4 patches of 4 px), each its group's pixels at patch size 4.
+    assert pixels[("sentinel2_l2a", "20m")].shape == targets[("sentinel2_l2a", "20m")].shape == (2, 2 * 16, 6 * 4 * 4)
+    assert pixels[("srtm", "elevation")].shape == (2, 16, 1 * 4 * 4)
     z = ProjectionHead(128, 64, 32)(mean_pool(encoded, ~tok.absent))
     torch.testing.assert_close(z.norm(dim=-1), torch.ones(2))

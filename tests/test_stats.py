@@ -25,6 +25,7 @@ from spacenit.data.stats import (
     SensorAccumulator,
     SensorStats,
     StatsError,
+    histogram_stride,
     _selections,
     _shard_tasks,
     compute_stats,
@@ -39,11 +40,20 @@ def band_values(array: np.ndarray) -> np.ndarray:
     return np.moveaxis(array, 1, 0).reshape(array.shape[1], -1)
 
 
-def test_stats_json_matches_numpy_over_all_samples(synthetic_dataset: Path) -> None:
+def sensor_band_values(sample, sensor: str, spec) -> list[np.ndarray]:
+    """Every stored value of each band of `sensor`, in its band order, each at its own grid's resolution."""
+    per_band = {}
+    for grid, array in sample.data[sensor].items():
+        for band, values in zip(grid.bands, band_values(array), strict=True):
+            per_band[band] = values
+    return [per_band[b] for b in spec.bands]
+
+
+def test_stats_json_matches_numpy_over_all_samples_each_band_on_its_own_grid(synthetic_dataset: Path) -> None:
     stats = json.loads((synthetic_dataset / "stats.json").read_text())
     reader = DatasetReader(synthetic_dataset)
     for sensor, spec in reader.info.sensors.items():
-        whole = np.concatenate([band_values(s.data[sensor]) for s in reader], axis=1).astype(np.float64)
+        whole = _whole(reader, sensor)
         got = stats["sensors"][sensor]
         assert got["bands"] == list(spec.bands)
         for c in range(spec.num_bands):
@@ -52,6 +62,9 @@ def test_stats_json_matches_numpy_over_all_samples(synthetic_dataset: Path) -> N
             np.testing.assert_allclose(got["mean"][c], values.mean(), rtol=1e-6)
             np.testing.assert_allclose(got["std"][c], values.std(), rtol=1e-6)
             assert got["min"][c] == values.min() and got["max"][c] == values.max()
+    # A 60 m band counts its 60 m pixels: a 36th of a 10 m band's (nodata patches aside).
+    counts = dict(zip(stats["sensors"]["sentinel2_l2a"]["bands"], stats["sensors"]["sentinel2_l2a"]["count"], strict=True))
+    assert counts["B01"] < counts["B02"] / 30
 
 
 def test_merging_many_partials_equals_one_pass() -> None:
@@ -81,7 +94,7 @@ def test_adding_batches_in_place_equals_one_accumulator_of_everything() -> None:
     np.testing.assert_array_equal(folded.histogram.dense(), whole.histogram.dense())
     # The independent reference: numpy's bincount of the top 16 bits of the counted, valid values,
     # in value order (negative floats by decreasing bits, then positive ones by increasing bits).
-    counted = data[:, :, ::HISTOGRAM_STRIDE]
+    counted = data[:, :, :: histogram_stride(data)]  # rows of 256 values: counted whole
     for c in range(3):
         band = counted[:, c][counted[:, c] != SENTINEL]
         expected = np.bincount(_value_order_bucket(band).ravel(), minlength=65536)
@@ -90,6 +103,14 @@ def test_adding_batches_in_place_equals_one_accumulator_of_everything() -> None:
     np.testing.assert_allclose(folded.moments.mean, whole.moments.mean, rtol=1e-12)
     np.testing.assert_allclose(folded.moments.std, whole.moments.std, rtol=1e-12)
     np.testing.assert_array_equal(folded.moments.min, whole.moments.min)
+
+
+def test_long_rows_are_counted_every_fourth_value_short_ones_whole() -> None:
+    # Every fourth value of a 60 m band's 4-pixel rows would always be column 0.
+    long_rows, short_rows = np.zeros((1, 1, 4096), np.float32), np.zeros((1, 1, 16), np.float32)
+    assert histogram_stride(long_rows) == HISTOGRAM_STRIDE and histogram_stride(short_rows) == 1
+    grid = np.arange(16, dtype=np.float32).reshape(1, 1, 16) + 1  # a 4 x 4 image, every value distinct
+    assert SensorAccumulator.of(grid, categorical=False).histogram.dense()[0].sum() == 16
 
 
 def _value_order_bucket(values: np.ndarray) -> np.ndarray:
@@ -108,7 +129,7 @@ def test_histogram_windows_follow_the_values_across_zero_and_batches_without_val
     folded.add(second)
     both = np.concatenate([first, second], axis=2)
     for c in range(2):
-        band = both[0, c, ::HISTOGRAM_STRIDE]
+        band = both[0, c, :: histogram_stride(first)]
         band = band[band != SENTINEL]
         expected = np.bincount(_value_order_bucket(band), minlength=65536)
         np.testing.assert_array_equal(folded.histogram.dense()[c], expected)
@@ -139,7 +160,8 @@ def test_standardizer_zscores_and_keeps_sentinel(synthetic_dataset: Path) -> Non
     reader = DatasetReader(synthetic_dataset)
     stats = load_stats(synthetic_dataset / "stats.json")
     std = Standardizer(stats, reader.info.sensors)
-    x = reader[0].data["sentinel1"].copy()
+    (x,) = reader[0].data["sentinel1"].values()
+    x = x.copy()
     x[0, 0, 0, 0] = SENTINEL
     out = std("sentinel1", x)
     assert out[0, 0, 0, 0] == SENTINEL
@@ -160,10 +182,12 @@ def test_missing_stats_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
         load_stats(tmp_path / "nope.json")
 
 
-def _whole(reader: DatasetReader, sensor: str, indexes=None) -> np.ndarray:
-    """Every value of each band over the chosen samples, in memory: the numpy reference. (C, N) float64."""
+def _whole(reader: DatasetReader, sensor: str, indexes=None) -> list[np.ndarray]:
+    """Every value of each band over the chosen samples, in memory: the numpy reference. [C] x (N_c,) float64."""
     indexes = range(len(reader)) if indexes is None else indexes
-    return np.concatenate([band_values(reader[i].data[sensor]) for i in indexes], axis=1).astype(np.float64)
+    spec = reader.info.sensors[sensor]
+    samples = [sensor_band_values(reader[i], sensor, spec) for i in indexes]
+    return [np.concatenate([bands[c] for bands in samples]).astype(np.float64) for c in range(spec.num_bands)]
 
 
 def test_percentiles_are_within_a_bucket_and_a_percentile_of_numpy(synthetic_dataset: Path) -> None:
@@ -251,6 +275,7 @@ def test_categorical_bands_get_class_counts(tmp_path: Path) -> None:
     write_tif(tmp_path / "in" / "s3" / "worldcover" / "map.tif", np.where(classes == 80, 0, classes).astype(np.uint8), nodata=0)
     convert(tmp_path / "in", tmp_path / "ds", tile_size_px=32, progress=False)
     stats = json.loads(compute_stats(tmp_path / "ds", progress=False).read_text())["sensors"]["worldcover"]
+    
     whole = _whole(DatasetReader(tmp_path / "ds"), "worldcover")[0]
     values, counts = np.unique(whole[whole != SENTINEL], return_counts=True)
     assert stats["categorical"] is True and "percentiles" not in stats
@@ -261,7 +286,8 @@ def test_standardizer_two_std_scaling_and_band_order_by_name(synthetic_dataset: 
     reader = DatasetReader(synthetic_dataset)
     stats = load_stats(synthetic_dataset / "stats.json")
     s1 = stats["sentinel1"]
-    x = reader[0].data["sentinel1"].copy()
+    (x,) = reader[0].data["sentinel1"].values()
+    x = x.copy()
     x[0, 1, 2, 2] = SENTINEL
     out = Standardizer(stats, reader.info.sensors, method="two_std")("sentinel1", x)
     expected = (x[0, 0, 5, 5] - (s1.mean[0] - 2 * s1.std[0])) / (4 * s1.std[0])
@@ -292,9 +318,9 @@ def test_a_damaged_shard_fails_stats_naming_it_and_closes_the_others(synthetic_d
     # The read-ahead threads hand a failed read to the reducer, which raises it; every
     # shard opened so far is closed (no file descriptor left behind).
     shutil.copytree(synthetic_dataset, tmp_path / "ds")
-    damage_zarr_shard_index(tmp_path / "ds", "shard-00001.zarr", "srtm")
+    damage_zarr_shard_index(tmp_path / "ds", "shard-00001.zarr", "srtm/30m")
     fds_before = len(os.listdir("/proc/self/fd"))
-    with pytest.raises(ValueError, match=r"shard index of .*shard-00001\.zarr/srtm.* is damaged"):
+    with pytest.raises(ValueError, match=r"shard index of .*shard-00001\.zarr/srtm/30m.* is damaged"):
         compute_stats(tmp_path / "ds", tmp_path / "stats.json", progress=False)
     assert len(os.listdir("/proc/self/fd")) == fds_before
     assert not (tmp_path / "stats.json").exists()
@@ -309,7 +335,7 @@ def test_batches_cover_each_shard_in_order_and_a_one_batch_shard_is_split(synthe
         def rows_of(selections) -> list[int]:
             return [r for s in selections for r in (range(s.start, s.stop) if isinstance(s, slice) else s)]
 
-        row_bytes = sum(int(np.prod(shard.shape(name)[1:])) * 4 for name, _ in task.sensors)
+        row_bytes = sum(int(np.prod(shard.shape(name)[1:])) * 4 for name, _ in task.arrays)
         monkeypatch.setattr(stats_module, "MIN_BATCH_BYTES", 1)
         whole = _selections(task, shard)  # the shard fits in one BATCH_BYTES batch: halved to overlap read and reduce
         assert len(task.rows) >= 2 and len(whole) == 2 and rows_of(whole) == list(task.rows)
@@ -345,6 +371,6 @@ def test_a_value_outside_the_given_range_falls_back_to_the_counted_range() -> No
     # below +0.0's window: such a batch is counted over the range of its own values.
     values = np.array([[-0.0, 0.0, 1.0, 2.5] * 8], dtype=np.float32)
     histogram = FloatHistogram.of(values, lo=np.array([0.0]), hi=np.array([2.5]))
-    expected = np.bincount(_value_order_bucket(values[0, ::HISTOGRAM_STRIDE]), minlength=65536)
+    expected = np.bincount(_value_order_bucket(values[0, :: histogram_stride(values[None])]), minlength=65536)
     np.testing.assert_array_equal(histogram.dense()[0], expected)
     assert expected[_value_order_bucket(np.array([-0.0]))[0]] == 8

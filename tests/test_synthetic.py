@@ -26,7 +26,7 @@ from spacenit.sensors import SENTINEL1, SENTINEL2_L2A, SRTM
 
 NUM_SAMPLES = 24  # what the `synthetic_dir` fixture writes
 NUM_DATES = 2
-TILE_SIZE_PX = 32
+TILE_SIZE_PX = 24
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
@@ -43,17 +43,23 @@ def _read_labels(root: Path) -> list[dict[str, str]]:
 
 
 def _s2_band_means(sample_dir: Path) -> np.ndarray:
-    """Per-band mean reflectance (x 10000) over valid pixels of every date of a sample."""
-    stack = []
-    for path in sorted((sample_dir / SENTINEL2_L2A.name).glob("*.tif")):
-        with rasterio.open(path) as src:
-            data = src.read(masked=True).astype(np.float64)
-        stack.append(data.reshape(data.shape[0], -1))
-    return np.ma.concatenate(stack, axis=1).mean(axis=1).filled(np.nan)
+    """Per-band mean reflectance (x 10000) over valid pixels of every date of a sample (each band's own file)."""
+    means = []
+    for band in SENTINEL2_L2A.bands:
+        values = []
+        for path in sorted((sample_dir / SENTINEL2_L2A.name).glob(f"*/{band}.tif")):
+            with rasterio.open(path) as src:
+                values.append(src.read(1, masked=True).astype(np.float64).ravel())
+        means.append(np.ma.concatenate(values).mean())
+    return np.array(means)
+
+
+def _s2_dates(sample_dir: Path) -> list[Path]:
+    return sorted(p for p in (sample_dir / SENTINEL2_L2A.name).iterdir() if p.is_dir())
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path: Path) -> None:
-    kwargs = {"num_samples": 6, "tile_size_px": 16, "num_dates": 2}
+    kwargs = {"num_samples": 6, "tile_size_px": 12, "num_dates": 2}
     first = _file_hashes(make_synthetic(tmp_path / "a", seed=7, **kwargs))
     second = _file_hashes(make_synthetic(tmp_path / "b", seed=7, **kwargs))
     other = _file_hashes(make_synthetic(tmp_path / "c", seed=8, **kwargs))
@@ -65,49 +71,46 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path: Path
     assert all(first[name] != other[name] for name in tifs_in_both)
 
 
-def test_rasters_have_the_sensor_bands_types_crs_and_resolution(synthetic_dir: Path) -> None:
-    s2_paths = sorted(synthetic_dir.glob(f"sample_*/{SENTINEL2_L2A.name}/*.tif"))
+def test_rasters_have_the_sensor_bands_types_crs_and_native_resolution(synthetic_dir: Path) -> None:
     s1_paths = sorted(synthetic_dir.glob(f"sample_*/{SENTINEL1.name}/*.tif"))
     dem_paths = sorted(synthetic_dir.glob(f"sample_*/{SRTM.name}/{DEM_FILE_NAME}"))
-    assert len(s2_paths) == NUM_SAMPLES * NUM_DATES
     assert NUM_SAMPLES * NUM_DATES - 2 <= len(s1_paths) < NUM_SAMPLES * NUM_DATES
     assert len(dem_paths) == NUM_SAMPLES
 
     epsg_seen = set()
-    for paths, sensor, dtype, gsd_m in [
-        (s2_paths, SENTINEL2_L2A, "uint16", OPTICAL_GSD_M),
-        (s1_paths, SENTINEL1, "float32", OPTICAL_GSD_M),
-        (dem_paths, SRTM, "float32", DEM_GSD_M),
-    ]:
+    checks = [(s1_paths, SENTINEL1.bands, "float32", OPTICAL_GSD_M), (dem_paths, SRTM.bands, "float32", DEM_GSD_M)]
+    for grid in SENTINEL2_L2A.native_grids():  # one file per band, at the band's own resolution
+        for band in grid.bands:
+            paths = sorted(synthetic_dir.glob(f"sample_*/{SENTINEL2_L2A.name}/*/{band}.tif"))
+            assert len(paths) == NUM_SAMPLES * NUM_DATES
+            checks.append((paths, (band,), "uint16", grid.gsd_m))
+    for paths, bands, dtype, gsd_m in checks:
         for path in paths:
             with rasterio.open(path) as src:
-                assert src.count == sensor.num_bands, path
+                assert src.count == len(bands), path
                 assert set(src.dtypes) == {dtype}, path
                 assert src.crs.to_epsg() in UTM_EPSG_CODES, path
                 assert src.res == pytest.approx((gsd_m, gsd_m)), path
-                assert src.descriptions == sensor.bands, path
+                assert src.descriptions == bands, path
                 epsg_seen.add(src.crs.to_epsg())
-                if sensor is not SRTM:
-                    assert (src.width, src.height) == (TILE_SIZE_PX, TILE_SIZE_PX), path
+                side = TILE_SIZE_PX * OPTICAL_GSD_M / gsd_m  # every file covers the same footprint
+                assert (src.width, src.height) == (side, side), path
     assert len(epsg_seen) >= 2
 
 
-def test_dem_covers_the_same_footprint_as_the_10m_tiles(synthetic_dir: Path) -> None:
+def test_every_band_and_the_dem_cover_the_same_footprint(synthetic_dir: Path) -> None:
     for sample_dir in sorted(synthetic_dir.glob("sample_*")):
-        s2_path = next((sample_dir / SENTINEL2_L2A.name).glob("*.tif"))
-        with (
-            rasterio.open(s2_path) as s2,
-            rasterio.open(sample_dir / SRTM.name / DEM_FILE_NAME) as dem,
-        ):
-            assert dem.crs == s2.crs
-            assert (dem.bounds.left, dem.bounds.top) == (s2.bounds.left, s2.bounds.top)
-            assert dem.bounds.right >= s2.bounds.right and dem.bounds.bottom <= s2.bounds.bottom
+        date_dir = _s2_dates(sample_dir)[0]
+        with rasterio.open(date_dir / "B02.tif") as s2:
+            for other in (date_dir / "B05.tif", date_dir / "B01.tif", sample_dir / SRTM.name / DEM_FILE_NAME):
+                with rasterio.open(other) as src:
+                    assert src.crs == s2.crs and tuple(src.bounds) == tuple(s2.bounds), other
 
 
 def test_every_sample_has_its_own_footprint(synthetic_dir: Path) -> None:
     footprints = set()
     for sample_dir in sorted(synthetic_dir.glob("sample_*")):
-        with rasterio.open(next((sample_dir / SENTINEL2_L2A.name).glob("*.tif"))) as src:
+        with rasterio.open(_s2_dates(sample_dir)[0] / "B02.tif") as src:
             footprints.add((src.crs.to_epsg(), tuple(src.bounds)))
     assert len(footprints) == NUM_SAMPLES
 
@@ -116,7 +119,7 @@ def test_nodata_is_zero_in_s2_and_nan_in_s1_and_some_samples_have_a_patch(
     synthetic_dir: Path,
 ) -> None:
     s2_patches = s1_patches = 0
-    for path in sorted(synthetic_dir.glob(f"sample_*/{SENTINEL2_L2A.name}/*.tif")):
+    for path in sorted(synthetic_dir.glob(f"sample_*/{SENTINEL2_L2A.name}/*/B02.tif")):
         with rasterio.open(path) as src:
             assert src.nodata == 0
             s2_patches += bool((src.read() == 0).any())
@@ -133,9 +136,7 @@ def test_nodata_is_zero_in_s2_and_nan_in_s1_and_some_samples_have_a_patch(
 
 def test_dates_fall_in_different_months_of_one_year(synthetic_dir: Path) -> None:
     for sample_dir in sorted(synthetic_dir.glob("sample_*")):
-        dates = [
-            date_from_name(p.name) for p in sorted((sample_dir / SENTINEL2_L2A.name).glob("*.tif"))
-        ]
+        dates = [date_from_name(p.name) for p in _s2_dates(sample_dir)]
         assert len({d[:4] for d in dates}) == 1
         assert len({d[5:7] for d in dates}) == NUM_DATES
 
@@ -184,7 +185,7 @@ def test_classes_differ_as_designed_and_are_learnable(synthetic_dir: Path) -> No
 
 def test_command_line_writes_the_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (
-        main([str(tmp_path), "--num-samples", "4", "--tile-size-px", "16", "--num-dates", "1"]) == 0
+        main([str(tmp_path), "--num-samples", "4", "--tile-size-px", "12", "--num-dates", "1"]) == 0
     )
     assert len(discover(tmp_path)) == 4
     assert "wrote 4" in capsys.readouterr().out
@@ -193,3 +194,5 @@ def test_command_line_writes_the_set(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_command_line_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--num-dates", "13"])
+    with pytest.raises(SystemExit):  # 60 m bands need a tile of whole 60 m pixels
+        main([str(tmp_path), "--tile-size-px", "32"])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from spacenit.arch.models import create_model
 from spacenit.config import ConfigError
 from spacenit.data.augmentations import augmented_view, spectral_jitter
+from spacenit.data.images import as_grids
 from spacenit.data.masking import MaskingConfig
 from spacenit.sensors import LANDSAT, SENTINEL, SENTINEL1, SENTINEL2_L2A, SRTM
 from spacenit.train import losses
@@ -123,7 +124,8 @@ def test_view_contrast_alone_trains_the_encoder_through_the_pooled_views_only() 
     assert all(torch.equal(a, b) for a, b in zip(target_before, module.target_encoder.parameters(), strict=True))
     # The loss is the InfoNCE of the projected views as `embed` pools them (the views redrawn from the same seed).
     b, g = batch(), torch.Generator().manual_seed(0)
-    views = [augmented_view(b["images"], g, (0.25, 1.0)) for _ in range(2)]
+    grids = {s.name: as_grids(b["images"][s.name], s, 10.0) for s in SENSORS}  # as the objective sees them
+    views = [augmented_view(grids, g, (0.25, 1.0)) for _ in range(2)]
     with torch.no_grad():
         pooled = [module.projection(model.embed(v, b["months"], 4)) for v in views]
         expected = losses.info_nce(*pooled, module.logit_scale)
@@ -141,7 +143,7 @@ def test_view_contrast_alone_trains_the_encoder_through_the_pooled_views_only() 
         model, MaskingConfig().build(), total_steps=10)  # fmt: skip
     out = jitter(b, 4, torch.Generator().manual_seed(0), 0)
     g = torch.Generator().manual_seed(0)
-    views = [augmented_view(b["images"], g, (0.25, 1.0)) for _ in range(2)]
+    views = [augmented_view(grids, g, (0.25, 1.0)) for _ in range(2)]
     views = [spectral_jitter(v, g, 0.3, {s.name for s in model.sensors}) for v in views]
     with torch.no_grad():
         pooled = [jitter.projection(model.embed(v, b["months"], 4)) for v in views]
