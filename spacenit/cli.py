@@ -17,11 +17,18 @@ from spacenit.evaluation.cli_verbs import (
 
 EXAMPLES = {
     "convert": """examples:
-  spacenit convert demo-output/geotiffs demo-output/dataset --tile-size-px 32
+  spacenit convert demo-output/geotiffs demo-output/dataset --tile-size-px 48
   spacenit convert ../shared/data/eurosat_ms eurosat --layout class_folders --sensor sentinel2_l1c --workers 2
   spacenit convert data/ ds --manifest data/manifest.csv --storage hdf5 --assume-crs EPSG:32632
   spacenit convert data/ part-0 --partition 0/4      # then merge the 4 parts (merge_datasets)
-  spacenit convert scenes/ tiles --layout class_folders --sensor landsat_sr --gsd-m 30 --tile-scenes
+  spacenit convert scenes/ tiles --layout class_folders --sensor landsat_sr --tile-scenes
+  spacenit convert data/ ds-one-grid --one-grid       # every band resampled onto the 10 m grid
+
+Every band is stored at the resolution its file has (Sentinel-2 band files: 10, 20 and
+60 m grids over one footprint); nothing is upsampled unless you ask with --one-grid.
+The tile (--tile-size-px, in pixels of the finest grid) must be whole pixels of every
+grid: a multiple of 6 for Sentinel-2's 60 m bands, of 3 beside 30 m Landsat or a DEM.
+Dense tasks: a per-pixel label raster <sample>/label.tif (or a manifest's label_raster).
 
 input layouts:
   samples        <root>/<sample_id>/<sensor>/<YYYY-MM-DD>.tif, or .../<YYYY-MM-DD>/<band>.tif
@@ -77,8 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--sensor", default="sentinel2_l1c", help="sensor of class_folders inputs (default: %(default)s)")
     c.add_argument("--sensor-yaml", type=Path, action="append", default=[], metavar="FILE",
                    help="register user sensors from a YAML file (repeatable; see docs/sensors.md)")  # fmt: skip
-    c.add_argument("--tile-size-px", type=int, default=64, help="tile side in pixels (default: %(default)s)")
-    c.add_argument("--gsd-m", type=float, default=10.0, help="reference grid pixel size in metres (default: %(default)s)")
+    c.add_argument("--tile-size-px", type=int, default=None,
+                   help="tile side in pixels of the reference grid; every band is stored at its own resolution over "
+                        "that footprint, so it must be whole pixels of every band (default: the smallest of at least "
+                        "64 px that is, and a multiple of 8: 64 for 10 m data, 72 for Sentinel-2 at 10/20/60 m)")
+    c.add_argument("--gsd-m", type=float, default=None,
+                   help="pixel size of the reference grid, in metres (default: the finest band's)")
+    c.add_argument("--one-grid", action="store_true",
+                   help="resample every band onto the reference grid instead of storing it at its own resolution "
+                        "(the layout of format version 2; for comparison and for models that need one grid)")
+    c.add_argument("--max-raster-pixels", type=int, default=None, metavar="N",
+                   help="refuse rasters declaring more pixels than this (default: 2e9)")
+    c.add_argument("--max-tiles-per-scene", type=int, default=None, metavar="N",
+                   help="with --tile-scenes, refuse scenes of more tiles than this (default: 20000)")
+    c.add_argument("--label-ignore-value", type=float, default=255.0,
+                   help="value of label rasters (label.tif) meaning 'no label' (default: %(default)s)")
     c.add_argument("--samples-per-shard", type=int, default=64)
     c.add_argument("--assume-crs", default=None, help="CRS for rasters without one, e.g. EPSG:32632")
     c.add_argument("--storage", default="zarr", choices=["zarr", "hdf5"], help="shard storage (default: %(default)s)")
@@ -147,11 +167,19 @@ def _run(args: argparse.Namespace) -> int:
             args.input_dir, args.output_dir, layout=args.layout, sensor=args.sensor,
             tile_size_px=args.tile_size_px, gsd_m=args.gsd_m, samples_per_shard=args.samples_per_shard,
             assume_crs=args.assume_crs, workers=args.workers, manifest=args.manifest,
-            storage=args.storage, partition=args.partition, tile_scenes=args.tile_scenes,
+            storage=args.storage, partition=args.partition, tile_scenes=args.tile_scenes, one_grid=args.one_grid,
+            label_ignore_value=args.label_ignore_value,
+            **{k: v for k, v in (("max_raster_pixels", args.max_raster_pixels),
+                                 ("max_tiles_per_scene", args.max_tiles_per_scene)) if v is not None},
         )  # fmt: skip
         print(f"converted {report.num_samples} samples into {args.output_dir} ({report.num_shards} shards, {report.shards_skipped} already done)")
         if report.empty_tiles:
             print(f"skipped {report.empty_tiles} tile(s) without a valid pixel")
+        if report.absent_timesteps:
+            print(f"{len(report.absent_timesteps)} date(s) had no valid pixel under their tile and are stored as missing "
+                  f"(listed in {args.output_dir / REPORT_JSON})")
+        if report.dropped_sensors:
+            print(f"left out sensor(s) {report.dropped_sensors}: no converted sample has them")
         if report.failures:
             print(f"{len(report.failures)} input(s) failed; see {args.output_dir / REPORT_JSON}:", file=sys.stderr)
             for f in report.failures[:10]:

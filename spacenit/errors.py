@@ -6,7 +6,7 @@ from spacenit.config import ConfigError
 from spacenit.conversion.convert import ConversionError
 from spacenit.conversion.discover import InputLayoutError
 from spacenit.conversion.geotiff import RasterReadError
-from spacenit.data.format import DatasetFormatError
+from spacenit.data.format import DatasetFormatError, DatasetLockedError
 from spacenit.data.stats import StatsError
 from spacenit.evaluation.embed import EmbedError
 from spacenit.evaluation.probe import ProbeError
@@ -19,6 +19,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     InputLayoutError,
     RasterReadError,
     DatasetFormatError,
+    DatasetLockedError,
     StatsError,
     EmbedError,
     ProbeError,

@@ -435,7 +435,7 @@ def test_pipeline_runs_locally(
             tracking_uri,
             experiment="pipeline-test",
             convert_partitions=2,
-            tile_size_px=32,
+            tile_size_px=24,
             steps=6,
             global_batch_size=8,
             pretrain_overrides=["model.depth=2", "model.decoder_depth=1"],
