@@ -18,7 +18,7 @@ import rasterio
 from affine import Affine
 
 from spacenit.conversion.convert import REPORT_JSON, convert
-from spacenit.data.format import DATASET_JSON, DatasetLockedError, load_dataset_info
+from spacenit.data.format import DATASET_JSON, load_dataset_info
 from spacenit.data.shards import DatasetReader
 from tests.rasters import bands_of, write_tif
 

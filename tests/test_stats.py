@@ -25,10 +25,10 @@ from spacenit.data.stats import (
     SensorAccumulator,
     SensorStats,
     StatsError,
-    histogram_stride,
     _selections,
     _shard_tasks,
     compute_stats,
+    histogram_stride,
     load_stats,
 )  # fmt: skip
 from spacenit.sensors import SENTINEL, WORLDCOVER
@@ -275,7 +275,7 @@ def test_categorical_bands_get_class_counts(tmp_path: Path) -> None:
     write_tif(tmp_path / "in" / "s3" / "worldcover" / "map.tif", np.where(classes == 80, 0, classes).astype(np.uint8), nodata=0)
     convert(tmp_path / "in", tmp_path / "ds", tile_size_px=32, progress=False)
     stats = json.loads(compute_stats(tmp_path / "ds", progress=False).read_text())["sensors"]["worldcover"]
-    
+
     whole = _whole(DatasetReader(tmp_path / "ds"), "worldcover")[0]
     values, counts = np.unique(whole[whole != SENTINEL], return_counts=True)
     assert stats["categorical"] is True and "percentiles" not in stats
