@@ -57,9 +57,10 @@ def _shards_removed(dataset: Path, into: Path) -> Path:
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
-    """The one line of the error (after any progress bar), with no traceback."""
+    """The one error line (progress bars around it aside), with no traceback."""
     assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.stderr.strip().splitlines()[-1]
+    (line,) = [line[line.index("spacenit "):] for line in proc.stderr.splitlines() if "spacenit " in line]
+    return line
 
 
 @needs_userns
@@ -102,6 +103,35 @@ def test_stats_onto_a_full_file_system(synthetic_dataset: Path, tmp_path: Path) 
     assert _error_line(proc) == (f"spacenit stats: error: no space left on the device writing {out} "
                                "(No space left on device); free some space or write elsewhere")  # fmt: skip
     assert not out.exists()  # the tmpfs is gone with the namespace; nothing was written here either
+
+
+@needs_userns
+def test_convert_onto_a_full_file_system_names_the_output(synthetic_dir: Path, tmp_path: Path) -> None:
+    # Zarr's write() names no file: the line names the output directory instead.
+    full = tmp_path / "full"
+    full.mkdir()
+    proc = _in_namespace(f"mount -t tmpfs -o size=64k tmpfs {full}",
+                         _cli("convert", synthetic_dir, full / "ds", "--tile-size-px", "32"))  # fmt: skip
+    assert proc.returncode == EXIT_DISK_FULL, proc.stderr
+    assert _error_line(proc) == (f"spacenit convert: error: no space left on the device writing {full / 'ds'} "
+                                 "(No space left on device); free some space or write elsewhere")  # fmt: skip
+
+
+def test_pretrain_into_an_unwritable_output_fails_before_a_run_starts(synthetic_dataset: Path, tmp_path: Path) -> None:
+    if os.geteuid() == 0 and not _unshare_works("-U"):
+        pytest.skip("running as root, where chmod does not deny, and `unshare -U` (to drop that) is refused")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
+    try:
+        proc = subprocess.run([*prefix, *_cli("pretrain", synthetic_dataset, "--stats", synthetic_dataset / "stats.json",
+                                              "--output-dir", locked / "out", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}")],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == EXIT_NOT_WRITABLE, proc.stderr
+    assert _error_line(proc).startswith(f"spacenit pretrain: error: permission denied writing {locked / 'out' / 'pretrain_summary.json'}")
+    assert not (tmp_path / "m.db").exists()  # no MLflow run was left behind RUNNING
 
 
 def test_exit_codes_are_in_the_help(capsys) -> None:

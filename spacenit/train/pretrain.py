@@ -39,6 +39,7 @@ from spacenit.data.loader import (
 )
 from spacenit.data.masking import MaskingConfig
 from spacenit.data.stats import load_stats
+from spacenit.io_errors import check_writable
 from spacenit.train.checkpoint import (
     CHECKPOINTS_DIR,
     Checkpointer,
@@ -187,9 +188,10 @@ def pretrain(
     output_dir = Path(output_dir)
     accelerator = _accelerator(tc, cpu)
     world, rank = accelerator.num_processes, accelerator.process_index
-    if accelerator.is_main_process:  # a tracking server that is away fails the run now, not minutes later
+    if accelerator.is_main_process:  # an unwritable output or an absent tracking server fails now, before a run
         from spacenit.train.tracking import default_tracking_uri, require_reachable
 
+        check_writable(output_dir / SUMMARY_JSON)
         require_reachable(tracking_uri or default_tracking_uri())
 
     check_sensor_names(config, load_dataset_info(dataset_dir).sensors, dataset_dir)
