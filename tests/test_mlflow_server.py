@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -311,6 +312,31 @@ def test_any_http_answer_counts_as_reachable(server):
 
     require_reachable(server)
     require_reachable(f"{server}/no/such/prefix")  # a 404 is an answer: the requests that follow report it
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a self-signed certificate")
+def test_a_tls_server_with_an_untrusted_certificate_counts_as_reachable(tmp_path):
+    # MLflow decides what to trust (MLFLOW_TRACKING_SERVER_CERT_PATH, ..._INSECURE_TLS); the check only
+    # asks whether something answers, and a TLS handshake is an answer.
+    import http.server
+    import ssl
+    import threading
+
+    from spacenit.train.tracking import require_reachable
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        require_reachable(f"https://127.0.0.1:{server.server_address[1]}", timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.slow

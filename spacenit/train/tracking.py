@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import tempfile
 import time
 import urllib.error
@@ -64,8 +65,9 @@ def require_reachable(tracking_uri: str, timeout_s: float = REACHABLE_TIMEOUT_S)
     """Fail within `timeout_s` when an http(s) tracking server does not answer at all.
 
     Any HTTP answer counts, an error status included (the requests that follow
-    deal with it): only a refused or reset connection, an unknown host or silence
-    fail. Without this, MLflow's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    deal with it), and so does a TLS handshake this check does not trust (MLflow
+    has its own certificate settings): only a refused or reset connection, an
+    unknown host or silence fail. Without this, MLflow's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
     backing off) hang for minutes before the first run is created. Other stores
     (sqlite, file) are local and not checked.
     """
@@ -78,6 +80,8 @@ def require_reachable(tracking_uri: str, timeout_s: float = REACHABLE_TIMEOUT_S)
         return  # it answered
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered the TLS handshake; MLflow's own TLS settings decide what is trusted
         raise TrackingServerUnreachable(
             f"the MLflow tracking server {tracking_uri} does not answer ({reason}, within {timeout_s:g} s); "
             "start it, or give a reachable --tracking-uri (or sqlite:///PATH for a local store)"
