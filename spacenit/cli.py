@@ -14,6 +14,7 @@ from spacenit.evaluation.cli_verbs import (
     add_evaluation_verbs,
     run_evaluation_verb,
 )
+from spacenit.io_errors import EXIT_CODES_HELP, describe, exit_code
 
 EXAMPLES = {
     "convert": """examples:
@@ -66,14 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="spacenit",
         description="SpaceNit: GeoTIFFs -> shards -> stats -> pretraining -> embeddings -> probes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `spacenit VERB --help` for a working example of each stage.",
+        epilog=f"Run `spacenit VERB --help` for a working example of each stage.\n\n{EXIT_CODES_HELP}",
     )
     p.add_argument("--version", action="version", version=f"spacenit {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES[name],
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"{EXAMPLES[name]}\n\n{EXIT_CODES_HELP}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
 
     c = verb("convert", "Convert GeoTIFFs into a SpaceNit dataset (Zarr or HDF5 shards + dataset.json).")
@@ -223,6 +224,20 @@ def main(argv: list[str] | None = None) -> int:
         # Errors about the user's inputs: one clear line, no traceback.
         print(f"spacenit {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        code = exit_code(e)
+        if code is None:
+            raise
+        # A full disk or an unwritable output: one line naming the path, and a code of its own.
+        print(f"spacenit {args.verb}: error: {describe(e, _output_of(args))}", file=sys.stderr)
+        return code
+
+
+def _output_of(args: argparse.Namespace) -> Path | None:
+    """Where the verb writes, named when the system's error names no file."""
+    if args.verb == "stats":
+        return args.output or args.dataset_dir / "stats.json"
+    return next((getattr(args, name) for name in ("output_dir", "output", "store") if getattr(args, name, None)), None)
 
 
 if __name__ == "__main__":

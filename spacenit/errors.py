@@ -12,6 +12,7 @@ from spacenit.evaluation.embed import EmbedError
 from spacenit.evaluation.probe import ProbeError
 from spacenit.sensors import SensorSpecError
 from spacenit.train.checkpoint import CheckpointError
+from spacenit.train.tracking import TrackingServerUnreachable
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -25,6 +26,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ProbeError,
     SensorSpecError,
     CheckpointError,
+    TrackingServerUnreachable,
     FileNotFoundError,
     KeyError,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,10 +82,11 @@ def _get(url: str, host: str | None = None) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """Start `mlflow server` under `root`; yield its URI; stop it (and its workers) at exit."""
+def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
+    """Start `mlflow server` under `root` (on `port`, default a free one); yield its URI; stop it
+    (and its workers) at exit."""
     root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     log = (root / "server.log").open("w")
     command = [str(Path(sys.executable).with_name("mlflow")), *local_server_args(root, port)]
     env = {
@@ -275,3 +277,95 @@ def test_pipeline_run_lifecycle_on_a_sqlite_store(tmp_path, monkeypatch):
     assert client.get_experiment(closed.info.experiment_id).artifact_location.startswith(
         (tmp_path / "mlartifacts").as_uri()
     )
+
+
+# ---------------------------------------------------------------- the server away at start, or back without the run (issue 20, case 12)
+
+
+@pytest.mark.timeout(120)  # before: MLflow's own retries hung for 254 s
+def test_pretrain_against_a_closed_port_fails_at_once_in_one_line(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    from spacenit.cli import main
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # MLflow's defaults, as a user has them
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        code = main(["pretrain", str(synthetic_dataset), "--stats", str(synthetic_dataset / "stats.json"),
+                     "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri, "--set", "train.steps=1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the MLflow tracking server {uri} does not answer" in err and "Connection refused" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_server_that_accepts_but_never_answers_is_unreachable_after_the_timeout():
+    from spacenit.train.tracking import TrackingServerUnreachable, require_reachable
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody reads or answers
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(TrackingServerUnreachable, match=r"does not answer \(timed out, within 0\.5 s\)"):
+            require_reachable(uri, timeout_s=0.5)
+
+
+def test_any_http_answer_counts_as_reachable(server):
+    from spacenit.train.tracking import require_reachable
+
+    require_reachable(server)
+    require_reachable(f"{server}/no/such/prefix")  # a 404 is an answer: the requests that follow report it
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a self-signed certificate")
+def test_a_tls_server_with_an_untrusted_certificate_counts_as_reachable(tmp_path):
+    # MLflow decides what to trust (MLFLOW_TRACKING_SERVER_CERT_PATH, ..._INSECURE_TLS); the check only
+    # asks whether something answers, and a TLS handshake is an answer.
+    import http.server
+    import ssl
+    import threading
+
+    from spacenit.train.tracking import require_reachable
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        require_reachable(f"https://127.0.0.1:{server.server_address[1]}", timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_server_back_on_an_empty_store_says_where_the_metrics_survive(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from spacenit.train.callbacks import MLflowCallback
+
+    port = _free_port()
+    with mlflow_server(tmp_path / "before", port) as uri:
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("restarts")).info.run_id
+        callback = MLflowCallback(run_id, uri, {}, tmp_path / "out", log_system_metrics=False, max_retry_interval_s=1.0)
+        callback.on_log(None, 1, {"loss": 1.0})
+        assert callback.flush(60)
+        assert [m.value for m in client.get_metric_history(run_id, "train/loss")] == [1.0]
+    try:
+        with mlflow_server(tmp_path / "after", port) as uri:  # the same address, an empty backend
+            with caplog.at_level("WARNING", logger="spacenit.train.callbacks"):
+                callback.on_log(None, 2, {"loss": 0.5})
+                callback.on_log(None, 3, {"loss": 0.25})
+                assert callback.flush(120)
+                callback.on_train_end(None)
+    finally:
+        callback.close()
+    local = tmp_path / "out" / "mlflow_metrics.jsonl"
+    lost = [r.getMessage() for r in caplog.records if "no longer has run" in r.getMessage()]
+    assert len(lost) == 1, caplog.text  # warned once, not once per record
+    assert run_id in lost[0] and "RESOURCE_DOES_NOT_EXIST" in lost[0] and f"survive only in {local}" in lost[0]
+    assert callback.dropped >= 1 and f"every metric is in {local}" in caplog.text
+    assert [json.loads(line)["step"] for line in local.read_text().splitlines()] == [1, 2, 3]

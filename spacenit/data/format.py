@@ -290,17 +290,25 @@ class DatasetLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def dataset_lock(root: Path, what: str) -> Iterator[None]:
+def dataset_lock(root: Path, what: str, *, required: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the dataset directory `root` while `what` writes it.
 
     A POSIX record lock (`fcntl.lockf`) on `root/.spacenit.lock`: the kernel drops it
     when the process ends however it ends, so a killed writer never leaves a stale
     lock, and NFS (v4, or v3 with lockd) carries it between machines sharing the
-    volume. A second writer fails at once, naming the directory.
+    volume. A second writer fails at once, naming the directory. With `required`
+    false, a directory where the lock file cannot be made (read-only: nothing can be
+    writing it) is used without one.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if required or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        yield
+        return
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -32,7 +32,7 @@ from spacenit.arch.models import SpaceNitModel
 from spacenit.data.images import to_one_grid
 from spacenit.data.shards import DatasetReader
 from spacenit.data.standardizer import Standardizer
-from spacenit.data.stats import load_stats
+from spacenit.data.stats import STATS_JSON, load_stats
 from spacenit.evaluation.datasets import Task
 from spacenit.evaluation.embed import (
     ModelInputDataset,
@@ -174,7 +174,7 @@ class RawPixelAdapter:
         _check_order(reader, task)
         specs = reader.info.sensors
         self._tile_px = reader.info.tile_size_px
-        standardize = Standardizer(load_stats(Path(task.dataset_dir) / "stats.json"), specs)
+        standardize = Standardizer(load_stats(Path(task.dataset_dir) / STATS_JSON, task.dataset_dir), specs)
         pooled, tokens = [], []
         with warnings.catch_warnings():
             # All-missing bands or patches give "mean of empty slice": they become 0 (pooled) or NaN (tokens).

@@ -21,8 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from spacenit import __version__
@@ -56,17 +56,19 @@ class CheckpointMeta:
             "model": self.model.to_dict(),
             "sensors": [s.to_dict() for s in self.sensors],
             "patch_size": self.patch_size,
-            "stats": {k: {"bands": v.bands, "mean": v.mean.tolist(), "std": v.std.tolist()} for k, v in self.stats.items()},
+            "stats": {k: {"bands": v.bands, "mean": v.mean.tolist(), "std": v.std.tolist(),
+                          "constant": v.constant.tolist()} for k, v in self.stats.items()},  # fmt: skip
             "extra": self.extra,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> CheckpointMeta:
+    def from_dict(cls, d: dict, source: str = "the checkpoint's stats") -> CheckpointMeta:
+        """`source` (the spacenit.json read) is named by errors about the stats in it."""
         return cls(
             model=ModelConfig.from_dict(d["model"]),
             sensors=[SensorSpec.from_dict(s) for s in d["sensors"]],
             patch_size=int(d["patch_size"]),
-            stats={k: SensorStats(v["bands"], np.asarray(v["mean"]), np.asarray(v["std"])) for k, v in d["stats"].items()},
+            stats={k: SensorStats(v["bands"], v["mean"], v["std"], v.get("constant"), source) for k, v in d["stats"].items()},
             extra=d.get("extra", {}),
         )
 
@@ -88,11 +90,24 @@ def load_checkpoint(path: str | Path) -> tuple[SpaceNitModel, CheckpointMeta]:
             f"{path} is not a SpaceNit checkpoint: expected {WEIGHTS} and {METADATA} in it "
             "(give the checkpoint directory written by `spacenit pretrain`, or a models:/ URI)"
         )
-    meta = CheckpointMeta.from_dict(json.loads((path / METADATA).read_text()))
+    try:
+        meta = CheckpointMeta.from_dict(json.loads((path / METADATA).read_text()), source=str(path / METADATA))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / METADATA} is not a SpaceNit checkpoint's metadata ({type(e).__name__}: {e}); "
+                              "export the checkpoint again with `spacenit pretrain`") from None  # fmt: skip
     model = SpaceNitModel(meta.model, meta.sensors)
-    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    model.load_state_dict(load_weights(path / WEIGHTS))
     model.eval()
     return model, meta
+
+
+def load_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged one is a CheckpointError naming it."""
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is damaged or "
+                              "truncated: use another checkpoint, or export this one again") from None  # fmt: skip
 
 
 # ---------------------------------------------------------------- training checkpoints (resume)
@@ -153,7 +168,7 @@ class Checkpointer(Callback):
         if is_sharded(acc):
             acc.load_state(str(self.resume_from / "accelerate"))
         else:
-            trainer.unwrapped.load_state_dict(load_file(str(self.resume_from / WEIGHTS), device=str(acc.device)))
+            trainer.unwrapped.load_state_dict(load_weights(self.resume_from / WEIGHTS, device=str(acc.device)))
             opt = torch.load(self.resume_from / OPTIMIZER_STATE, map_location=acc.device, weights_only=True)
             trainer.optimizer.load_state_dict(opt["optimizer"])
             trainer.scheduler.load_state_dict(opt["scheduler"])
