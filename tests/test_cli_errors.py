@@ -111,7 +111,7 @@ def test_convert_onto_a_full_file_system_names_the_output(synthetic_dir: Path, t
     full = tmp_path / "full"
     full.mkdir()
     proc = _in_namespace(f"mount -t tmpfs -o size=64k tmpfs {full}",
-                         _cli("convert", synthetic_dir, full / "ds", "--tile-size-px", "32"))  # fmt: skip
+                         _cli("convert", synthetic_dir, full / "ds", "--tile-size-px", "24"))  # fmt: skip
     assert proc.returncode == EXIT_DISK_FULL, proc.stderr
     assert _error_line(proc) == (f"spacenit convert: error: no space left on the device writing {full / 'ds'} "
                                  "(No space left on device); free some space or write elsewhere")  # fmt: skip
