@@ -11,10 +11,10 @@ nodes, see `components/pretrain_multinode.py`.
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pretrain(
     dataset: Input[Dataset],
     stats: Input[Artifact],
