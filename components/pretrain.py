@@ -3,7 +3,7 @@
 With `gpus_per_node` <= 1 it calls the stage function in this process; with more
 it runs `accelerate launch --multi_gpu --num_processes N -m spacenit.cli pretrain
 ...` (one process per GPU) and reads back the summary the main process wrote.
-The pipeline runs it in `spacenit.IMAGE_CUDA` when GPUs are requested. Across
+The pipeline runs it in the CUDA image (components/image.py) when GPUs are requested. Across
 nodes, see `components/pretrain_multinode.py`.
 """
 

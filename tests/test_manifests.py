@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -868,3 +869,53 @@ def test_prod_keeps_an_mlflow_replica_through_disruptions():
     assert ("PodDisruptionBudget", "spacenit-mlflow") not in {
         (k, n) for k, _, n in _by_key(render(OVERLAYS["dev"]))
     }
+
+
+def _secrets_table(markdown: str) -> dict[str, set[str]]:
+    """docs/deploy.md's table of Secrets: each pod named in a row -> the Secrets the row gives it."""
+    body = markdown.split("<!-- secrets-table -->")[1].split("<!-- /secrets-table -->")[0]
+    table = {}
+    for row in body.strip().splitlines()[2:]:
+        pods, secrets = (cell.strip() for cell in row.strip("|").split("|"))
+        names = set(re.findall(r"`([^`]+)`", secrets))
+        for pod in re.findall(r"`([^`]+)`", pods) or [pods]:
+            table[pod] = names
+    return table
+
+
+def _actual_secrets() -> dict[str, set[str]]:
+    """What the compiled pipeline, the PyTorchJob template and the manifests give each pod."""
+    pipeline = _pipeline()
+    _, platform = yaml.safe_load_all(pipeline.DEFAULT_YAML.read_text())
+    spec = next(yaml.safe_load_all(pipeline.DEFAULT_YAML.read_text()))
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    actual: dict[str, set[str]] = {}
+    for label in spec["deploymentSpec"]["executors"]:
+        step = re.sub(r"-\d+$", "", label.removeprefix("exec-"))
+        actual.setdefault(step, set()).update(
+            s["secretName"] for s in k8s.get(label, {}).get("secretAsEnv", [])
+        )
+    (job,) = _load_yaml_docs(TEMPLATE)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        for c in replica["template"]["spec"]["containers"]:
+            actual.setdefault("PyTorchJob", set()).update(
+                s["secretRef"]["name"] for s in c.get("envFrom", []) if "secretRef" in s
+            )
+    for path in OVERLAYS.values():
+        objects = _by_key(render(path))
+        for key, _ in _pod_specs(objects):
+            actual.setdefault(f"{key[0]}/{key[2]}", set()).update(
+                _referenced({key: objects[key]})["Secret"]
+            )
+    return actual
+
+
+def test_deploy_doc_says_which_pods_see_which_secrets():
+    documented = _secrets_table(DEPLOY_DOC.read_text())
+    actual = _actual_secrets()
+    # The steps' rows name them by step; "pretrain" covers the CPU and GPU steps.
+    assert set(documented) == set(actual), set(documented) ^ set(actual)
+    for pod, secrets in actual.items():
+        assert documented[pod] == secrets, (
+            f"{pod}: docs say {sorted(documented[pod])}, it gets {sorted(secrets)}"
+        )
