@@ -892,3 +892,22 @@ def test_build_sh_refuses_a_wheels_path_that_is_no_folder(tmp_path, tools):
     calls = _run_build_sh(tmp_path, {"docker": True}, tools, "cpu", env={"WHEELS": str(tmp_path / "w.txt")},
                           check=False)  # fmt: skip
     assert _build_calls(calls) == {}
+
+
+def test_image_test_is_a_make_target_outside_make_test():
+    """`make image-test` builds and runs the image (slow): its own target, never under `make test`."""
+    makefile = (REPO / "Makefile").read_text()
+    rules = dict(re.findall(r"^([\w-]+):(.*)$", makefile, flags=re.M))
+    assert "image-test" in rules and "images/image-test.sh" in makefile
+    assert "image-test" not in rules["test"] and "image-test" not in rules.get("lint", "")
+    script = (IMAGES_DIR / "image-test.sh").read_text()
+    for verb in (
+        "convert",
+        "stats",
+        "pretrain",
+        "embed models:/spacenit-encoder@champion",
+        "probe",
+        "mlflow server",
+    ):
+        assert verb in script, verb
+    assert "--network none" in script and "/health" in script
