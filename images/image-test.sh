@@ -12,7 +12,8 @@
 #
 # Environment: those of images/build.sh (CONTAINER_ENGINE, BASE_IMAGE, TORCH_INDEX, WHEELS:
 # with WHEELS the build itself runs with --network none), RUN_ARGS (extra `run` options;
-# default: --ulimit nofile=1024:1024), SKIP_BUILD=1 (test the image already built).
+# default: explicit open-file and process limits, which hosts whose limits a container may
+# not copy need), SKIP_BUILD=1 (test the image already built).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,7 +51,7 @@ fi
 
 # Every stage: no network, the data read-only, a writable work folder, MLflow in sqlite there.
 run_args=(--rm --network none -v "$data:/shared:ro" -v "$out/work:/out" -e MLFLOW_TRACKING_URI=sqlite:////out/mlflow.db)
-read -r -a extra <<< "${RUN_ARGS:---ulimit nofile=1024:1024}"
+read -r -a extra <<< "${RUN_ARGS:---ulimit nofile=1024:1024 --ulimit nproc=32768:32768}"
 spacenit() { "$engine" run "${run_args[@]}" "${extra[@]}" "$image" "$@"; }
 
 timed convert spacenit convert /shared/eurosat_ms /out/dataset --layout class_folders --sensor sentinel2_l1c --tile-size-px 64
@@ -64,7 +65,7 @@ timed server "$engine" run "${run_args[@]}" "${extra[@]}" --entrypoint bash "$im
     mlflow server --backend-store-uri sqlite:////out/server.db --artifacts-destination /out/server-artifacts \
         --host 127.0.0.1 --port 5000 --workers 1 > /out/server.log 2>&1 &
     for _ in $(seq 60); do
-        if python -c "import urllib.request as u; assert u.urlopen(\"http://127.0.0.1:5000/health\").read() == b\"OK\""; then
+        if python -c "import urllib.request as u; assert u.urlopen(\"http://127.0.0.1:5000/health\").read() == b\"OK\"" 2> /dev/null; then
             echo "/health: OK"; exit 0
         fi
         sleep 2
