@@ -8,10 +8,10 @@ The pipeline fans it out: partition i of n converts the samples whose index
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def convert(
     input_dir: str,
     dataset: Output[Dataset],
@@ -25,8 +25,12 @@ def convert(
     partition_index: int = 0,
     partition_count: int = 1,
     tile_scenes: bool = False,
+    input_fingerprint: str = "",
 ):
     """Convert the GeoTIFFs under `input_dir` into the dataset directory `dataset.path`.
+
+    `input_fingerprint` (from the fingerprint step) is not read: it is an input so that
+    KFP's cache key changes with the files under `input_dir`; it is kept as metadata.
 
     With `partition_count` > 1, only partition `partition_index` of the samples.
     With `tile_scenes`, a raster larger than one tile becomes one sample per tile.
@@ -65,6 +69,7 @@ def convert(
     dataset.metadata["num_shards"] = report.num_shards
     dataset.metadata["num_failures"] = len(report.failures)
     dataset.metadata["partition"] = f"{partition_index}/{partition_count}"
+    dataset.metadata["input_fingerprint"] = input_fingerprint
     print(
         f"converted {report.num_samples} samples (partition {partition_index}/{partition_count}) into {dataset.path}"
     )
@@ -73,7 +78,7 @@ def convert(
 convert_op = convert
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def partition_indices(count: int) -> list:
     """[0, 1, ..., count - 1]: the items the pipeline's ParallelFor over convert partitions iterates."""
     if count < 1:

@@ -16,6 +16,9 @@ from spacenit.evaluation.cli_verbs import (
 )
 from spacenit.io_errors import EXIT_CODES_HELP, describe, exit_code
 
+TRACKING_URI_HELP = ("MLflow tracking URI (default: $MLFLOW_TRACKING_URI; else sqlite:///mlflow.db, "
+                     "except in a Kubernetes pod, where it is required)")  # fmt: skip
+
 EXAMPLES = {
     "convert": """examples:
   spacenit convert demo-output/geotiffs demo-output/dataset --tile-size-px 48
@@ -48,7 +51,7 @@ sample is converted; the exit code is 1 when anything failed. Re-running resumes
   spacenit pretrain demo-output/dataset --stats demo-output/dataset/stats.json \\
       --output-dir demo-output/pretrain --set train.steps=100 --set train.global_batch_size=8
   spacenit pretrain DATA --stats DATA/stats.json --output-dir runs/m \\
-      --experiment merged_bandsets_cross_random_masked_neg --dry-run     # print the resolved config
+      --experiment-config merged_bandsets_cross_random_masked_neg --dry-run     # print the resolved config
   # two processes on CPU (gloo), or N GPUs:
   ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m spacenit.cli pretrain ...
   accelerate launch --multi_gpu --num_processes 8 -m spacenit.cli pretrain ...
@@ -127,12 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None, help="model preset: spacenit_nano (default), spacenit_tiny, spacenit_base, spacenit_large")
     from spacenit.train.experiments import EXPERIMENTS
 
-    t.add_argument("--experiment", default=None, choices=sorted(EXPERIMENTS), metavar="NAME",
-                   help="named experiment (bandset-merge series), applied over --model; one of: %(choices)s")  # fmt: skip
+    t.add_argument("--experiment-config", default=None, choices=sorted(EXPERIMENTS), metavar="NAME",
+                   help="named experiment config (bandset-merge series), applied over --model; one of: %(choices)s")  # fmt: skip
+    _renamed(t, "--experiment", "--experiment-config NAME (a named config), or --mlflow-experiment NAME (the MLflow experiment)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")  # fmt: skip
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    t.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    t.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     t.add_argument("--mlflow-experiment", default="spacenit", help="MLflow experiment name (default: %(default)s)")
     t.add_argument("--register-as", default="spacenit-encoder", help="registered model name ('' to skip)")
     t.add_argument("--alias", default="champion", help="alias set on the new model version")
@@ -153,8 +157,25 @@ def _partition(text: str) -> tuple[int, int]:
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--experiment", default="spacenit", help="MLflow experiment name")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
+    p.add_argument("--mlflow-experiment", default="spacenit", help="MLflow experiment name (default: %(default)s)")
+    _renamed(p, "--experiment", "--mlflow-experiment NAME")
+
+
+class _RenamedOption(argparse.Action):
+    """An option that was renamed: giving it is an error that names the new spelling."""
+
+    def __init__(self, option_strings, dest, replacement: str = "", **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(f"{option_string} was renamed (it meant a config in `pretrain` and an MLflow experiment "
+                     f"elsewhere): use {self.replacement}")  # fmt: skip
+
+
+def _renamed(p: argparse.ArgumentParser, old: str, replacement: str) -> None:
+    p.add_argument(old, dest=f"renamed_{old.strip('-').replace('-', '_')}", action=_RenamedOption, replacement=replacement)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -164,6 +185,11 @@ def _run(args: argparse.Namespace) -> int:
 
         for path in args.sensor_yaml:
             REGISTRY.load_yaml(path)
+        if args.input_dir.is_file():
+            from spacenit.conversion.discover import InputLayoutError
+
+            raise InputLayoutError(f"{args.input_dir} is a file; convert takes the directory of GeoTIFFs "
+                                   "(a manifest goes with --manifest FILE, its paths relative to that directory)")  # fmt: skip
         report = convert(
             args.input_dir, args.output_dir, layout=args.layout, sensor=args.sensor,
             tile_size_px=args.tile_size_px, gsd_m=args.gsd_m, samples_per_shard=args.samples_per_shard,
@@ -188,7 +214,11 @@ def _run(args: argparse.Namespace) -> int:
             return 1
         return 0
     if args.verb == "stats":
-        from spacenit.data.stats import compute_stats
+        from spacenit.data.stats import StatsError, compute_stats
+
+        if args.dataset_dir.is_file():
+            hint = f" (here, probably {args.dataset_dir.parent})" if args.dataset_dir.name == "dataset.json" else ""
+            raise StatsError(f"{args.dataset_dir} is a file; stats takes the dataset directory `spacenit convert` wrote{hint}")
 
         path = compute_stats(args.dataset_dir, args.output, workers=args.workers,
                              max_samples=args.max_samples, seed=args.seed)  # fmt: skip
@@ -197,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "pretrain":
         from spacenit.train.pretrain import build_config, pretrain
 
-        cfg = build_config(args.model, args.overrides, args.config, experiment=args.experiment)
+        cfg = build_config(args.model, args.overrides, args.config, experiment=args.experiment_config)
         if args.dry_run:
             print(cfg.to_yaml(), end="")
             return 0

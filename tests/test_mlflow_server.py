@@ -31,24 +31,35 @@ DEPLOYMENT = REPO / "manifests" / "base" / "mlflow" / "deployment.yaml"
 STARTUP_TIMEOUT_S = 90
 
 
-def _container() -> dict:
-    deployment = yaml.safe_load(DEPLOYMENT.read_text())
+def _container(overlay: str | None = None) -> dict:
+    """The MLflow container of manifests/base, or of an overlay as rendered."""
+    if overlay is None:
+        deployment = yaml.safe_load(DEPLOYMENT.read_text())
+    else:
+        from tests.test_manifests import OVERLAYS, render
+
+        (deployment,) = [o for o in render(OVERLAYS[overlay]) if o["kind"] == "Deployment"
+                         and o["metadata"]["name"] == "spacenit-mlflow"]  # fmt: skip
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["mlflow"]
     return container
 
 
-def deployment_args() -> list[str]:
-    """`mlflow` arguments of the MLflow Deployment in manifests/base."""
-    return list(_container()["args"])
+def deployment_args(overlay: str | None = None) -> list[str]:
+    """`mlflow` arguments of the MLflow Deployment in manifests/base (or an overlay)."""
+    return list(_container(overlay)["args"])
 
 
-def deployment_mlflow_env() -> dict[str, str]:
-    """The MLFLOW_* settings of the Deployment's environment."""
-    return {e["name"]: e["value"] for e in _container()["env"] if e["name"].startswith("MLFLOW_")}
+def deployment_mlflow_env(overlay: str | None = None) -> dict[str, str]:
+    """The MLFLOW_* settings of the Deployment's environment (literal values)."""
+    return {
+        e["name"]: e["value"]
+        for e in _container(overlay)["env"]
+        if e["name"].startswith("MLFLOW_") and "value" in e
+    }
 
 
-def local_server_args(root: Path, port: int) -> list[str]:
+def local_server_args(root: Path, port: int, overlay: str | None = None) -> list[str]:
     """The Deployment's arguments, with a sqlite store, a local artifacts directory, loopback and one worker."""
     local = {
         "--host": "127.0.0.1",
@@ -58,7 +69,7 @@ def local_server_args(root: Path, port: int) -> list[str]:
         "--workers": "1",
     }
     args = []
-    for arg in deployment_args():
+    for arg in deployment_args(overlay):
         name, eq, _ = arg.partition("=")
         args.append(f"{name}={local[name]}" if eq and name in local else arg)
     missing = set(local) - {a.partition("=")[0] for a in args}
@@ -82,16 +93,24 @@ def _get(url: str, host: str | None = None) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
-    """Start `mlflow server` under `root` (on `port`, default a free one); yield its URI; stop it
-    (and its workers) at exit."""
+def mlflow_server(
+    root: Path, port: int | None = None, overlay: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start `mlflow server` under `root` (as manifests/base, or an overlay, runs it; on `port`,
+    default a free one); yield its URI; stop it (and its workers) at exit. `env` adds to the
+    Deployment's MLFLOW_* settings."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     log = (root / "server.log").open("w")
-    command = [str(Path(sys.executable).with_name("mlflow")), *local_server_args(root, port)]
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")
-    } | deployment_mlflow_env()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        *local_server_args(root, port, overlay),
+    ]
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        | deployment_mlflow_env(overlay)
+        | (env or {})
+    )
     # Its own process group, so stopping it stops its uvicorn workers too.
     server = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -369,3 +388,41 @@ def test_a_server_back_on_an_empty_store_says_where_the_metrics_survive(tmp_path
     assert run_id in lost[0] and "RESOURCE_DOES_NOT_EXIST" in lost[0] and f"survive only in {local}" in lost[0]
     assert callback.dropped >= 1 and f"every metric is in {local}" in caplog.text
     assert [json.loads(line)["step"] for line in local.read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.timeout(240)
+def test_prod_server_asks_for_credentials(tmp_path, monkeypatch):
+    """The prod overlay's server (MLflow's basic-auth app): /health open, the API behind a user
+    and password, and the steps' client (MLFLOW_TRACKING_USERNAME/PASSWORD) gets through."""
+    import base64
+
+    from mlflow.tracking import MlflowClient
+
+    from spacenit.train import tracking
+
+    # The overlay's auth config, with a sqlite user store in place of PostgreSQL.
+    ini = (REPO / "manifests" / "overlays" / "prod" / "mlflow-auth" / "basic_auth.ini").read_text()
+    assert "database_uri = postgresql+psycopg2://spacenit-postgres:5432/" in ini
+    config = tmp_path / "basic_auth.ini"
+    config.write_text(
+        ini.replace(
+            "postgresql+psycopg2://spacenit-postgres:5432/", f"sqlite:///{tmp_path / 'auth.db'}"
+        )
+    )
+    # What the Secret spacenit-mlflow-auth provides.
+    secret = {"MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-for-tests",
+              "MLFLOW_FLASK_SERVER_SECRET_KEY": "session-key-for-tests", "MLFLOW_AUTH_CONFIG_PATH": str(config)}  # fmt: skip
+    with mlflow_server(tmp_path / "server", overlay="prod", env=secret) as uri:
+        assert _get(f"{uri}/health") == (200, "OK")  # the probes need no credentials
+        api = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _get(api)[0] == 401
+        request = urllib.request.Request(api)
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:wrong").decode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        # The pipeline's steps: credentials from the spacenit-mlflow-client Secret, as env.
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-for-tests")
+        run_id = tracking.start_pipeline_run(uri, "auth-test", kfp_run_id="kfp-auth")
+        assert MlflowClient(uri).get_run(run_id).data.tags[tracking.KFP_RUN_ID_TAG] == "kfp-auth"

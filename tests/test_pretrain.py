@@ -141,7 +141,7 @@ def test_bf16_accumulation_and_in_loop_probe(synthetic_dataset: Path, tmp_path: 
 
 def test_cli_experiment_dry_run(capsys) -> None:
     code = main(["pretrain", "d", "--stats", "s.json", "--output-dir", "o", "--dry-run",
-                 "--experiment", "merged_bandsets_cross_random_masked_neg", "--set", "train.lr=2e-4"])  # fmt: skip
+                 "--experiment-config", "merged_bandsets_cross_random_masked_neg", "--set", "train.lr=2e-4"])  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
     for line in ("merge_bandsets: true", "strategy: modality_cross_random", "same_target_threshold: 0.999", "lr: 0.0002"):

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -227,10 +226,15 @@ class DatasetInfo:
 
 
 def write_json_atomic(path: Path, payload: dict | list) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
+    """Write JSON so that readers see either the old file or the whole new one.
+
+    The file gets the mode any new file gets (0o666 less the umask), not mkstemp's 0600:
+    other users of a shared volume read datasets and stats.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(readable_json(payload))

@@ -24,7 +24,7 @@ EVALUATION_EXAMPLES = {
   spacenit embed ckpt bigearthnet-ds emb.zarr --sensor-map sentinel2_l1c=sentinel2_l2a --allow-missing-bands
   # a GeoTIFF scene larger than the window -> georeferenced per-patch embeddings:
   spacenit embed ckpt scene.tif scene_emb.tif --zarr scene_emb.zarr --bands B2,B3,B4,B5,B6,B7 \\
-      --window-px 64 --overlap-px 16
+      --window-px 64 --overlap-px 16 --allow-missing-bands   # the model's other bands: no data
 
 A .tif input is embedded window by window (overlapping windows, blended) into a
 Cloud-Optimized GeoTIFF (and/or --zarr) on the scene's grid coarsened by the patch size.""",
@@ -118,7 +118,7 @@ def run_evaluation_verb(args: argparse.Namespace) -> int:
         from spacenit.evaluation.probe import probe
 
         metrics = probe(args.embeddings, args.output, k=args.k, seed=args.seed, test_fraction=args.test_fraction,
-                        tracking_uri=args.tracking_uri, experiment=args.experiment, probes=args.probes.split(","))  # fmt: skip
+                        tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment, probes=args.probes.split(","))  # fmt: skip
         print(json.dumps(metrics, indent=1))
         return 0
     if args.verb == "evaluate":
@@ -135,13 +135,21 @@ def run_evaluation_verb(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    if args.dataset_dir.suffix.lower() in (".tif", ".tiff") and args.dataset_dir.is_file():
+    from spacenit.evaluation.embed import EmbedError
+
+    if args.dataset_dir.is_file() and args.dataset_dir.suffix.lower() not in (".tif", ".tiff"):
+        raise EmbedError(f"{args.dataset_dir} is a file, neither a dataset directory (`spacenit convert`) "
+                         "nor a GeoTIFF scene (.tif)")  # fmt: skip
+    if args.dataset_dir.is_file():
         from spacenit.evaluation.sliding import embed_scene
 
+        if args.sensor_map:
+            raise EmbedError("--sensor-map maps a dataset's sensors; a scene feeds one model sensor: pick it with --sensor")
         outputs = [args.output] + ([args.zarr] if args.zarr else [])
         result = embed_scene(args.model, args.dataset_dir, outputs, bands=args.bands.split(",") if args.bands else None,
                              sensor=args.sensor, window_px=args.window_px, overlap_px=args.overlap_px,
-                             batch_size=args.batch_size, month=args.month, tracking_uri=args.tracking_uri)  # fmt: skip
+                             batch_size=args.batch_size, month=args.month, tracking_uri=args.tracking_uri,
+                             allow_missing_bands=args.allow_missing_bands)  # fmt: skip
         print(f"wrote {', '.join(map(str, result.outputs))}: {result.shape[0]} x {result.shape[1]} cells x {result.channels} "
               f"channels, {result.crs}, {result.windows} windows")  # fmt: skip
         return 0
@@ -174,7 +182,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     options = BenchmarkOptions(probes=args.probes.split(","), n_train=args.n_train,
                                seeds=[int(s) for s in args.seeds.split(",")], k=args.k)  # fmt: skip
     results = run_benchmark(task, adapters, store=ResultsStore(args.store), options=options,
-                            tracking_uri=args.tracking_uri, experiment=args.experiment, log_to_mlflow=not args.no_mlflow)  # fmt: skip
+                            tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment, log_to_mlflow=not args.no_mlflow)  # fmt: skip
     for r in results:
         k = r.key
         shown = {m: round(v, 3) for m, v in flat_metrics(r).items()}

@@ -14,6 +14,7 @@ to a temporary directory renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -73,12 +74,31 @@ class CheckpointMeta:
         )
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (/proc), else set and restored."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        lines = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in lines if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write the weights with the mode a new file gets (0o666 less the umask), not safetensors' 0600.
+
+    Other users of a shared volume load the weights too.
+    """
+    save_file(state, str(path))
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def save_checkpoint(path: str | Path, model: SpaceNitModel, meta: CheckpointMeta) -> Path:
     path = Path(path)
     with atomic_directory(path) as tmp:
         tmp.mkdir(parents=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS))
+        _save_weights(state, tmp / WEIGHTS)
         (tmp / METADATA).write_text(json.dumps(meta.to_dict(), indent=1))
     return path
 
@@ -226,7 +246,7 @@ class Checkpointer(Callback):
         if acc.is_main_process:
             if not is_sharded(acc):
                 state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(state, str(tmp / WEIGHTS))
+                _save_weights(state, tmp / WEIGHTS)
                 torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()},
                            tmp / OPTIMIZER_STATE)  # fmt: skip
             train_state = {"step": step, "nonfinite_steps": trainer.nonfinite_steps, "world_size": acc.num_processes,

@@ -30,6 +30,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from spacenit import __version__
+from spacenit.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,33 @@ def require_reachable(tracking_uri: str, timeout_s: float = REACHABLE_TIMEOUT_S)
         ) from None
 
 
+#: Set by Kubernetes in every container of a pod.
+KUBERNETES_ENV = "KUBERNETES_SERVICE_HOST"
+#: The Secret the pipeline's steps read MLFLOW_TRACKING_URI from (pipelines/spacenit_pipeline.py).
+MLFLOW_CLIENT_SECRET = "spacenit-mlflow-client"
+
+
+class TrackingURIError(ConfigError):
+    """No tracking URI where a local default would lose the runs."""
+
+
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else a sqlite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    """MLFLOW_TRACKING_URI if set; else, outside Kubernetes, a sqlite store in the working directory.
+
+    In a Kubernetes pod there is no default: a sqlite file would vanish with the pod, and
+    the run's record with it. Raises TrackingURIError there.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if os.environ.get(KUBERNETES_ENV):
+        raise TrackingURIError(
+            "no MLflow tracking URI: this runs in a Kubernetes pod, where a local sqlite store "
+            f"would vanish with the pod. Create the Secret {MLFLOW_CLIENT_SECRET} with "
+            "MLFLOW_TRACKING_URI in this namespace (docs/deploy.md), or pass the pipeline "
+            "parameter tracking_uri (--tracking-uri on the command line)"
+        )
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
