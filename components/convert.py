@@ -17,8 +17,8 @@ def convert(
     dataset: Output[Dataset],
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
-    tile_size_px: int = 64,
-    gsd_m: float = 10.0,
+    tile_size_px: int = 0,
+    gsd_m: float = 0.0,
     samples_per_shard: int = 64,
     assume_crs: str = "",
     workers: int = 1,
@@ -32,6 +32,8 @@ def convert(
     `input_fingerprint` (from the fingerprint step) is not read: it is an input so that
     KFP's cache key changes with the files under `input_dir`; it is kept as metadata.
 
+    `tile_size_px` 0 and `gsd_m` 0 pick them from the data (see `spacenit convert --help`):
+    every band is stored at its own resolution, over tiles of whole pixels of every grid.
     With `partition_count` > 1, only partition `partition_index` of the samples.
     With `tile_scenes`, a raster larger than one tile becomes one sample per tile.
 
@@ -48,8 +50,8 @@ def convert(
         dataset.path,
         layout=layout,
         sensor=sensor,
-        tile_size_px=tile_size_px,
-        gsd_m=gsd_m,
+        tile_size_px=tile_size_px or None,
+        gsd_m=gsd_m or None,
         samples_per_shard=samples_per_shard,
         assume_crs=assume_crs or None,
         workers=workers,

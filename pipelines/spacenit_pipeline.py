@@ -170,7 +170,7 @@ def spacenit_pipeline(
     tracking_uri: str = "",
     experiment: str = PIPELINE_NAME,
     convert_partitions: int = 4,
-    tile_size_px: int = 64,
+    tile_size_px: int = 0,
     tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
@@ -443,7 +443,7 @@ def run_local(
     *,
     experiment: str = PIPELINE_NAME,
     convert_partitions: int = 2,
-    tile_size_px: int = 64,
+    tile_size_px: int = 0,
     tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
@@ -564,7 +564,7 @@ def _parser() -> argparse.ArgumentParser:
         "run-local",
         help="run the whole pipeline in this environment (kfp.local SubprocessRunner)",
         epilog="example: python -m pipelines.spacenit_pipeline run-local --input-dir demo/geotiffs "
-        "--pipeline-root demo/kfp --tracking-uri sqlite:///$PWD/demo/mlflow.db --steps 20 --tile-size-px 32",
+        "--pipeline-root demo/kfp --tracking-uri sqlite:///$PWD/demo/mlflow.db --steps 20 --tile-size-px 48",
     )
     r.add_argument("--input-dir", type=Path, required=True, help="directory of GeoTIFFs")
     r.add_argument(
@@ -579,7 +579,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--convert-partitions", type=int, default=2, help="convert fan-out (default: %(default)s)"
     )
-    r.add_argument("--tile-size-px", type=int, default=64)
+    r.add_argument("--tile-size-px", type=int, default=0,
+                   help="tile side in pixels of the finest grid; 0 (default): picked from the data")
     r.add_argument("--layout", default="auto", choices=["auto", "samples", "class_folders"])
     r.add_argument("--sensor", default="sentinel2_l1c")
     r.add_argument("--steps", type=int, default=200)
