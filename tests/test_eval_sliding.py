@@ -34,7 +34,8 @@ def landsat_checkpoint(path: Path, scene_values: np.ndarray) -> Path:
     mean, std = np.zeros(LANDSAT.num_bands), np.ones(LANDSAT.num_bands)
     valid = np.ma.masked_equal(scene_values, -9999).reshape(len(SCENE_BANDS), -1)
     for i, band in enumerate(SCENE_BANDS):
-        mean[LANDSAT.bands.index(band)], std[LANDSAT.bands.index(band)] = valid[i].mean(), valid[i].std()
+        # A constant band (std 0) would need the stats' `constant` flag: keep a unit std for it.
+        mean[LANDSAT.bands.index(band)], std[LANDSAT.bands.index(band)] = valid[i].mean(), valid[i].std() or 1.0
     meta = CheckpointMeta(model.config, [LANDSAT], PATCH, {"landsat": SensorStats(list(LANDSAT.bands), mean, std)}, {})
     return save_checkpoint(path, model, meta)
 
