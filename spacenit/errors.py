@@ -10,6 +10,7 @@ from spacenit.data.format import DatasetFormatError
 from spacenit.data.stats import StatsError
 from spacenit.evaluation.embed import EmbedError
 from spacenit.evaluation.probe import ProbeError
+from spacenit.external import ExternalInputError, WeightsError
 from spacenit.sensors import SensorSpecError
 from spacenit.train.checkpoint import CheckpointError
 
@@ -22,6 +23,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     StatsError,
     EmbedError,
     ProbeError,
+    ExternalInputError,
+    WeightsError,
     SensorSpecError,
     CheckpointError,
     FileNotFoundError,
