@@ -10,6 +10,7 @@ from spacenit.data.format import DatasetFormatError, DatasetLockedError
 from spacenit.data.stats import StatsError
 from spacenit.evaluation.embed import EmbedError
 from spacenit.evaluation.probe import ProbeError
+from spacenit.external import ExternalInputError, WeightsError
 from spacenit.sensors import SensorSpecError
 from spacenit.train.checkpoint import CheckpointError
 from spacenit.train.tracking import TrackingServerUnreachable
@@ -24,6 +25,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     StatsError,
     EmbedError,
     ProbeError,
+    ExternalInputError,
+    WeightsError,
     SensorSpecError,
     CheckpointError,
     TrackingServerUnreachable,

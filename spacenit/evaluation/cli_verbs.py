@@ -37,6 +37,7 @@ Metrics come with 95% bootstrap CIs (<metric>_ci_low/_ci_high); confusion matric
       --probes knn,linear,prototypical --n-train 1,5,10,all --store eval/results.sqlite
   spacenit evaluate bigearthnet --model nano=models:/spacenit-encoder@champion --sensor-map auto
   spacenit evaluate path/to/converted-labelled-dataset --model nano=out/checkpoint --probes knn
+  spacenit evaluate eurosat --baseline galileo_nano --baseline presto --baseline random_init
 
 Tasks: eurosat, bigearthnet (from --data-root), or a converted dataset with labels. Cells
 already in --store are skipped; each new one is an MLflow run with CIs and a confusion matrix.""",
@@ -91,8 +92,9 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
     v.add_argument("task", help="eurosat, bigearthnet, or the path of a converted labelled dataset")
     v.add_argument("--model", type=_key_value, action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="a SpaceNit checkpoint or models:/ URI under a name (repeatable)")  # fmt: skip
-    v.add_argument("--baseline", action="append", default=[], choices=["random_init", "raw_pixels"],
-                   help="random_init: each --model's architecture untrained; raw_pixels: band mean/std")  # fmt: skip
+    v.add_argument("--baseline", action="append", default=[], metavar="NAME",
+                   help="random_init: each --model's and external baseline's architecture untrained; raw_pixels: "
+                        "band mean/std; galileo_nano, presto: published external models (repeatable)")  # fmt: skip
     v.add_argument("--adapter", action="append", default=[], metavar="NAME|module:factory", help="an external encoder adapter")
     v.add_argument("--probes", default="knn,linear,prototypical", help="comma-separated of knn, linear, prototypical, attentive, finetune")
     v.add_argument("--n-train", type=_n_train, default=[-1], help="samples per class, e.g. 1,5,10,all (default: all)")
@@ -171,9 +173,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     task = load_task(args.task, data_root=args.data_root, work_dir=args.work_dir)
     models = [SpaceNitAdapter.from_checkpoint(path, name=name, tracking_uri=args.tracking_uri, sensor_map=args.sensor_map)
               for name, path in args.model]  # fmt: skip
-    adapters = list(models)
+    external = [build_adapter(b) for b in args.baseline if b not in ("random_init", "raw_pixels")]
+    adapters = list(models) + external
     if "random_init" in args.baseline:
-        adapters += [m.random_twin() for m in models]
+        adapters += [m.random_twin() for m in models + external]
     if "raw_pixels" in args.baseline:
         adapters.append(RawPixelAdapter())
     adapters += [build_adapter(spec) for spec in args.adapter]
