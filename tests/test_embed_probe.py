@@ -51,9 +51,8 @@ def test_registered_pyfunc_serves_embeddings(pretrained, synthetic_dataset: Path
     assert info.signature.inputs is None
     assert info.signature.params.to_dict()[0]["name"] == "output"
     assert info.saved_input_example_info is not None
-    example = mlflow.models.Model.load(info.model_uri).load_input_example(
-        mlflow.artifacts.download_artifacts(info.model_uri)
-    )  # fmt: skip
+    uri = "models:/spacenit-encoder@champion"
+    example = mlflow.models.Model.load(uri).load_input_example(mlflow.artifacts.download_artifacts(uri))
     first = _flat(DatasetReader(synthetic_dataset)[0])
     assert sorted(example) == sorted(first)
     np.testing.assert_array_equal(example["sentinel2_l2a/20m"], first["sentinel2_l2a/20m"])

@@ -72,7 +72,8 @@ class SensorBinding:
             if keep:
                 bands = tuple(grid.bands[i] for i in keep)
                 out[Grid(grid.name, bands, grid.gsd_m)] = np.take(x, keep, axis=axis).astype(np.float32)
-        missing = self.missing_bands
+        present = {b for g in out for b in g.bands}
+        missing = [b for b in self.model_sensor.bands if b not in present]
         if missing:
             if not out:
                 raise InputBindingError(f"sensor {self.model_sensor.name!r}: the data has none of its bands")
@@ -95,7 +96,9 @@ def bind_sensors(
 ) -> list[SensorBinding]:
     """Bind each model sensor to a data sensor (`sensor_map`: model name -> data name; default same name).
 
-    `data_bands`: data sensor name -> its band names in storage order.
+    `data_bands`: data sensor name -> its band names in storage order. With `allow_missing_bands`,
+    a model sensor the data lacks altogether is bound to nothing: every value of it missing
+    (absent tokens), as a served model takes any subset of its sensors.
     """
     sensor_map = dict(sensor_map or {})
     unknown = sorted(set(sensor_map) - {s.name for s in model_sensors})
@@ -107,6 +110,9 @@ def bind_sensors(
     bindings = []
     for spec in model_sensors:
         source = sensor_map.get(spec.name, spec.name)
+        if source not in data_bands and allow_missing_bands and spec.name not in sensor_map:
+            bindings.append(SensorBinding(spec, source, (-1,) * spec.num_bands, ()))
+            continue
         if source not in data_bands:
             raise InputBindingError(
                 f"the model needs sensor {spec.name!r}, which the data does not have (it has {sorted(data_bands)}); "
@@ -137,11 +143,12 @@ class ModelInputs:
 
     def sample(self, data: Mapping[str, dict[Grid, np.ndarray]]) -> dict[str, dict[Grid, np.ndarray]]:
         """One sample: data sensor -> {Grid: (T, C_g, H_g, W_g)} raw -> model sensor -> its bands
-        on the same grids, standardized."""
+        on the same grids, standardized. A sensor the data lacks is all sentinel, on the finest grid."""
         out = {}
         for b in self.bindings:
             name = b.model_sensor.name
-            out[name] = {g: self.standardize(name, x, g.bands) for g, x in b.select_grids(data[b.data_sensor]).items()}
+            grids = data.get(b.data_sensor) or _missing_sensor(b.model_sensor, data)
+            out[name] = {g: self.standardize(name, x, g.bands) for g, x in b.select_grids(grids).items()}
         return out
 
     def batch(self, data: Mapping[str, dict[Grid, np.ndarray] | np.ndarray], gsd_m: float) -> dict[str, dict[Grid, torch.Tensor]]:
@@ -150,7 +157,30 @@ class ModelInputs:
         out = {}
         for b in self.bindings:
             name = b.model_sensor.name
-            grids = as_grids(data[b.data_sensor], b, gsd_m)  # a plain array: the data sensor's bands
+            if b.data_sensor not in data:  # a sensor the data lacks: all sentinel
+                present = {k: as_grids(v, _Bands(()), gsd_m) if not isinstance(v, dict) else v for k, v in data.items()}
+                grids = _missing_sensor(b.model_sensor, present)
+            else:
+                grids = as_grids(data[b.data_sensor], b, gsd_m)  # a plain array: the data sensor's bands
             out[name] = {g: torch.from_numpy(np.ascontiguousarray(self.standardize(name, x, g.bands)))
                          for g, x in b.select_grids(grids).items()}  # fmt: skip
         return out
+
+
+@dataclass(frozen=True)
+class _Bands:
+    """What `as_grids` reads of a sensor: its band names."""
+
+    bands: tuple[str, ...]
+
+
+def _missing_sensor(spec: SensorSpec, data: Mapping[str, dict[Grid, np.ndarray]]) -> dict[Grid, np.ndarray]:
+    """A sensor the data lacks: every band all sentinel, one date, on the finest grid of the data
+    (sample arrays (T, C, H, W) or batches (B, T, C, H, W))."""
+    spatial = [(g, x) for grids in data.values() for g, x in grids.items() if x.ndim >= 4]
+    if not spatial:
+        raise InputBindingError(f"sensor {spec.name!r} is missing and no other sensor gives a pixel grid")
+    grid, x = min(spatial, key=lambda gx: gx[0].gsd_m)
+    lead = x.shape[:-4] + (1,)  # (B,) kept for a batch; one timestep
+    shape = (*lead, spec.num_bands, *x.shape[-2:]) if spec.spatial else (*lead, spec.num_bands)
+    return {Grid(grid.name, spec.bands, grid.gsd_m): np.full(shape, SENTINEL, np.float32)}

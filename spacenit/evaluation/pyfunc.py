@@ -6,11 +6,16 @@ import mlflow
 
 
 class EncoderPyfunc(mlflow.pyfunc.PythonModel):
-    """Serve a registered SpaceNit encoder: a dict of sensor arrays (B, T, C, H, W) in raw units in,
-    pooled embeddings (B, D) out; with params {"output": "patch_maps"}, maps (B, h, w, D).
+    """Serve a registered SpaceNit encoder: raw sensor arrays in, pooled embeddings (B, D) out;
+    with params {"output": "patch_maps"}, maps (B, h, w, D).
 
-    `pretrain` logs it with an input example and a signature declaring `output`,
-    so MLflow passes the parameter through (it drops parameters a signature lacks).
+    Inputs (`spacenit.evaluation.embed.model_arrays`), any subset of the model's sensors, any
+    tile size, any number of dates, any numeric dtype:
+      "<sensor>": (B, T, C, H, W), every band on a grid of the training data's pixel size;
+      "<sensor>/<grid>": one grid at its own resolution, e.g. "sentinel2_l2a/20m";
+      "<sensor>/months": (B, T), 1-12 (0 = unknown).
+    `pretrain` logs it with an input example and a signature declaring `output` (MLflow drops
+    parameters a signature lacks) but no input schema; bad inputs are a 400 naming the input.
     """
 
     def load_context(self, context) -> None:
@@ -19,7 +24,17 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.meta = load_checkpoint(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):
-        from spacenit.evaluation.embed import embed_arrays
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from spacenit.evaluation.embed import EmbedError, embed_arrays
+        from spacenit.evaluation.inputs import InputBindingError
 
         patch_maps = (params or {}).get("output") == "patch_maps"
-        return embed_arrays(self.model, self.meta, model_input, patch_maps=patch_maps)
+        if not isinstance(model_input, dict):
+            raise MlflowException("send a JSON object of named arrays: {\"inputs\": {\"<sensor>\": [...], ...}}",
+                                  error_code=INVALID_PARAMETER_VALUE)  # fmt: skip
+        try:
+            return embed_arrays(self.model, self.meta, model_input, patch_maps=patch_maps)
+        except (EmbedError, InputBindingError, ValueError) as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None

@@ -321,6 +321,33 @@ def _signature(checkpoint_dir: Path, input_example: dict[str, np.ndarray]):
     return ModelSignature(inputs=None, outputs=inferred.outputs, params=inferred.params)
 
 
+def _forget_local_paths(mlmodel: Path) -> None:
+    """Drop what MLmodel records of the machine that saved the model: the source path of each
+    artifact (loading uses the copy's relative `path`) and of the code file (loading uses its
+    name inside the model). Nothing of the logging machine's file system stays in the model."""
+    import yaml
+
+    doc = yaml.safe_load(mlmodel.read_text())
+    flavor = doc["flavors"]["python_function"]
+    for artifact in (flavor.get("artifacts") or {}).values():
+        artifact.pop("uri", None)
+    if flavor.get("model_code_path"):
+        flavor["model_code_path"] = Path(flavor["model_code_path"]).name
+    mlmodel.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def serving_requirements() -> list[str]:
+    """The package's own runtime dependencies (the ranges of pyproject.toml, no extras): what a
+    served model needs beside its code."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        declared = requires("spacenit") or []
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        declared = []
+    return [r.split(";")[0].strip() for r in declared if "extra ==" not in r]
+
+
 def log_and_register_encoder(
     checkpoint_dir: Path,
     model_name: str,
@@ -355,22 +382,29 @@ def log_and_register_encoder(
         for name, content in files.items():
             (meta_dir / f"{name}.json").write_text(json.dumps(content, indent=1, sort_keys=True))
         mlflow.log_artifacts(str(meta_dir), "encoder_metadata")
-        info = mlflow.pyfunc.log_model(
-            name="encoder",
+        model_dir = Path(tmp) / "encoder"
+        mlflow.pyfunc.save_model(
+            path=str(model_dir),
             # A file path, not an object: the model is rebuilt from code, never unpickled.
             python_model=str(Path(__file__).parents[1] / "evaluation" / "pyfunc_model.py"),
             artifacts={"checkpoint": str(checkpoint_dir), "metadata": str(meta_dir)},
-            registered_model_name=model_name,
             signature=signature,
             input_example=input_example,
             metadata={
                 k: metadata[k]
                 for k in ("spacenit_version", "model", "patch_size", "sensors", "trained_steps")
             },
-            # Explicit requirements: inferring them imports and inspects the whole environment.
-            pip_requirements=[f"spacenit=={__version__}"],
+            # The package travels with the model (code/spacenit, on the path when it loads): a
+            # `spacenit==` pin named a package no index serves. Its dependencies are ranges that do
+            # install; explicit, since inferring them imports and inspects the whole environment.
+            code_paths=[str(Path(__file__).parents[1])],
+            pip_requirements=serving_requirements(),
         )
-    version = str(info.registered_model_version)
+        _forget_local_paths(model_dir / "MLmodel")
+        mlflow.log_artifacts(str(model_dir), "encoder")
+        run_id = mlflow.active_run().info.run_id
+        info = mlflow.register_model(f"runs:/{run_id}/encoder", model_name)
+    version = str(info.version)
     client = MlflowClient()
     for key, value in _version_tags(metadata).items():
         client.set_model_version_tag(model_name, version, key, value)
