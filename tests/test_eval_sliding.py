@@ -130,3 +130,81 @@ def test_scene_without_crs_is_refused(tmp_path: Path) -> None:
     ckpt = landsat_checkpoint(tmp_path / "ckpt", np.ones((6, 4, 4), np.float32))
     with pytest.raises(EmbedError, match="no CRS"):
         embed_scene(ckpt, path, tmp_path / "x.tif", progress=False)
+
+
+# ---------------------------------------------------------------- a Sentinel-2 scene as band files at 10, 20 and 60 m
+
+
+def _s2_band_files(folder: Path, px: int = 96, seed: int = 0) -> dict[str, np.ndarray]:
+    """Sentinel-2 L2A band files over one 10 m footprint of `px` pixels, each at its native resolution."""
+    from spacenit.sensors import SENTINEL2_L2A
+
+    rng = np.random.default_rng(seed)
+    values = {}
+    for grid in SENTINEL2_L2A.native_grids():
+        side = px * 10 // int(grid.gsd_m)
+        for band in grid.bands:
+            values[band] = rng.integers(200, 4000, (1, side, side)).astype(np.uint16)
+            write_tif(folder / f"T32TQM_20210601_{band}_{grid.name}.tif", values[band], crs="EPSG:32632", res=grid.gsd_m)
+    return values
+
+
+def _s2_checkpoint(path: Path) -> Path:
+    from spacenit.sensors import SENTINEL2_L2A
+
+    torch.manual_seed(0)
+    model = create_model("spacenit_nano", [SENTINEL2_L2A], dim=32, depth=1, heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    stats = {"sentinel2_l2a": SensorStats(list(SENTINEL2_L2A.bands), np.full(12, 2000.0), np.full(12, 1000.0))}
+    return save_checkpoint(path, model, CheckpointMeta(model.config, [SENTINEL2_L2A], PATCH, stats, {}))
+
+
+def test_a_scene_of_band_files_is_embedded_at_each_bands_own_resolution(tmp_path: Path) -> None:
+    from spacenit.sensors import SENTINEL2_L2A
+
+    values = _s2_band_files(tmp_path / "scene")
+    ckpt = _s2_checkpoint(tmp_path / "ckpt")
+    out = embed_scene(ckpt, tmp_path / "scene", tmp_path / "one.tif", window_px=96, overlap_px=0, progress=False)
+    model, meta = load_checkpoint(ckpt)
+    # The reference: one window, every grid as its files have it, standardized, through the encoder.
+    grids = {}
+    for grid in SENTINEL2_L2A.native_grids():
+        x = np.stack([(values[b][0] - 2000.0) / 1000.0 for b in grid.bands])[None, None].astype(np.float32)
+        grids[grid] = torch.from_numpy(x)
+    _, maps, _ = embed_with_maps(model, {"sentinel2_l2a": grids}, {"sentinel2_l2a": torch.zeros(1, 1, dtype=torch.long)},
+                                 PATCH, 10.0)  # fmt: skip
+    with rasterio.open(out.outputs[0]) as src:
+        got = src.read()
+        assert src.res == (80.0, 80.0) and src.crs.to_epsg() == 32632
+    np.testing.assert_allclose(got, np.moveaxis(maps[0].numpy(), -1, 0), rtol=1e-4, atol=1e-5)
+
+    # Overlapping windows on whole pixels of every file (corners on multiples of 60 m), a 20 m output grid:
+    # each output pixel is the cell its centre lies in.
+    blended = embed_scene(ckpt, tmp_path / "scene", tmp_path / "blend.tif", window_px=48, overlap_px=24, progress=False)
+    fine = embed_scene(ckpt, tmp_path / "scene", tmp_path / "fine.tif", window_px=48, overlap_px=24, output_gsd_m=20.0,
+                       progress=False)  # fmt: skip
+    with rasterio.open(blended.outputs[0]) as a, rasterio.open(fine.outputs[0]) as b:
+        cells, pixels = a.read(), b.read()
+        assert b.res == (20.0, 20.0) and b.transform.c == a.transform.c and b.transform.f == a.transform.f
+    assert pixels.shape == (32, 48, 48) and cells.shape == (32, 12, 12)
+    np.testing.assert_array_equal(pixels, np.repeat(np.repeat(cells, 4, axis=1), 4, axis=2))
+
+
+def test_band_files_that_do_not_line_up_are_refused_naming_the_file(tmp_path: Path) -> None:
+    _s2_band_files(tmp_path / "scene", px=48)
+    shifted = tmp_path / "scene" / "T32TQM_20210601_B05_20m.tif"
+    write_tif(shifted, np.ones((1, 24, 24), np.uint16), crs="EPSG:32632", res=20.0, origin=(500_010.0, 5_000_000.0))
+    with pytest.raises(EmbedError, match=r"B05_20m\.tif's pixels do not line up.*gdalwarp -tap"):
+        embed_scene(_s2_checkpoint(tmp_path / "ckpt"), tmp_path / "scene", tmp_path / "out.tif", window_px=48, overlap_px=0,
+                    progress=False)  # fmt: skip
+
+
+def test_published_models_embed_scenes_too(tmp_path: Path) -> None:
+    from spacenit.external.weights import weights_dir
+
+    if not (weights_dir() / "galileo_nano").is_dir():
+        pytest.skip("the published weights (../shared/weights) are absent")
+    _s2_band_files(tmp_path / "scene", px=48)
+    out = embed_scene("galileo_nano", tmp_path / "scene", tmp_path / "g.tif", window_px=48, overlap_px=0, progress=False)
+    with rasterio.open(out.outputs[0]) as src:
+        emb = src.read()
+    assert emb.shape == (128, 12, 12) and np.isfinite(emb).all()  # Galileo's patches: 4 px of 10 m

@@ -26,8 +26,13 @@ EVALUATION_EXAMPLES = {
   spacenit embed ckpt scene.tif scene_emb.tif --zarr scene_emb.zarr --bands B2,B3,B4,B5,B6,B7 \\
       --window-px 64 --overlap-px 16 --allow-missing-bands   # the model's other bands: no data
 
-A .tif input is embedded window by window (overlapping windows, blended) into a
-Cloud-Optimized GeoTIFF (and/or --zarr) on the scene's grid coarsened by the patch size.""",
+  # a Sentinel-2 scene as band files at 10, 20 and 60 m (each read at its own resolution), 20 m output:
+  spacenit embed ckpt S2_scene_bands/ s2_emb.tif --window-px 96 --overlap-px 24 --output-gsd-m 20
+  spacenit embed galileo_nano scene.tif galileo.tif --bands B2,B3,B4,B8   # a published model
+
+A .tif input (or a folder of band files) is embedded window by window (overlapping windows,
+blended) into a Cloud-Optimized GeoTIFF (and/or --zarr) on the scene's grid coarsened by the
+patch size, or on --output-gsd-m pixels.""",
     "probe": """example:
   spacenit probe demo-output/embeddings.zarr demo-output/probe.json --tracking-uri sqlite:///demo-output/mlflow.db
 
@@ -61,8 +66,10 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
                          tracking_args: Callable[[argparse.ArgumentParser], None]) -> None:  # fmt: skip
     """Add the evaluation sub-parsers; `verb(name, help)` makes one, `tracking_args` adds MLflow options."""
     e = verb("embed", "Write embeddings of a dataset (pooled, optionally per-patch maps), or of a GeoTIFF scene.")
-    e.add_argument("model", help="checkpoint directory or MLflow URI (models:/name@alias)")
-    e.add_argument("dataset_dir", type=Path, help="a converted dataset, or a GeoTIFF scene (.tif)")
+    e.add_argument("model", help="checkpoint directory or MLflow URI (models:/name@alias); for scenes also "
+                                 "galileo_nano or presto (published weights)")
+    e.add_argument("dataset_dir", type=Path, help="a converted dataset; or a GeoTIFF scene (.tif), or a folder of a "
+                                                  "scene's band files (Sentinel-2's 10/20/60 m bands, each read at its own resolution)")
     e.add_argument("output", type=Path, help="embeddings to write: a Zarr group (emb.zarr), or for a scene a .tif or .zarr")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs")
@@ -78,6 +85,9 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
     scene.add_argument("--window-px", type=int, default=64, help="window side in pixels (default: %(default)s)")
     scene.add_argument("--overlap-px", type=int, default=16, help="overlap of neighbouring windows (default: %(default)s)")
     scene.add_argument("--month", type=int, default=0, help="acquisition month 1-12 of the scene (0: unknown)")
+    scene.add_argument("--output-gsd-m", type=float, default=None,
+                       help="pixel size of the output grid in metres (same CRS and origin; each pixel takes the embedding "
+                            "of the patch its centre lies in); default: one pixel per patch")
 
     r = verb("probe", "Probes (kNN, linear, prototypical) on embeddings; metrics with CIs to JSON and MLflow.")
     r.add_argument("embeddings", type=Path)
@@ -138,26 +148,30 @@ def run_evaluation_verb(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from spacenit.evaluation.embed import EmbedError
+    from spacenit.evaluation.georaster import TIFF_SUFFIXES
 
-    if args.dataset_dir.is_file() and args.dataset_dir.suffix.lower() not in (".tif", ".tiff"):
-        raise EmbedError(f"{args.dataset_dir} is a file, neither a dataset directory (`spacenit convert`) "
+    source = args.dataset_dir
+    if source.is_file() and source.suffix.lower() not in TIFF_SUFFIXES:
+        raise EmbedError(f"{source} is a file, neither a dataset directory (`spacenit convert`) "
                          "nor a GeoTIFF scene (.tif)")  # fmt: skip
-    if args.dataset_dir.is_file():
+    band_files = source.is_dir() and not (source / "dataset.json").exists() and any(
+        p.suffix.lower() in TIFF_SUFFIXES for p in source.iterdir())  # fmt: skip
+    if source.is_file() or band_files:
         from spacenit.evaluation.sliding import embed_scene
 
         if args.sensor_map:
             raise EmbedError("--sensor-map maps a dataset's sensors; a scene feeds one model sensor: pick it with --sensor")
         outputs = [args.output] + ([args.zarr] if args.zarr else [])
-        result = embed_scene(args.model, args.dataset_dir, outputs, bands=args.bands.split(",") if args.bands else None,
+        result = embed_scene(args.model, source, outputs, bands=args.bands.split(",") if args.bands else None,
                              sensor=args.sensor, window_px=args.window_px, overlap_px=args.overlap_px,
-                             batch_size=args.batch_size, month=args.month, tracking_uri=args.tracking_uri,
-                             allow_missing_bands=args.allow_missing_bands)  # fmt: skip
+                             batch_size=args.batch_size, month=args.month, output_gsd_m=args.output_gsd_m,
+                             tracking_uri=args.tracking_uri, allow_missing_bands=args.allow_missing_bands)  # fmt: skip
         print(f"wrote {', '.join(map(str, result.outputs))}: {result.shape[0]} x {result.shape[1]} cells x {result.channels} "
               f"channels, {result.crs}, {result.windows} windows")  # fmt: skip
         return 0
     from spacenit.evaluation.embed import embed
 
-    path = embed(args.model, args.dataset_dir, args.output, batch_size=args.batch_size, tracking_uri=args.tracking_uri,
+    path = embed(args.model, source, args.output, batch_size=args.batch_size, tracking_uri=args.tracking_uri,
                  patch_maps=args.patch_maps, num_workers=args.workers, sensor_map=dict(args.sensor_map) or None,
                  allow_missing_bands=args.allow_missing_bands)  # fmt: skip
     print(f"wrote {path}")
