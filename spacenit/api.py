@@ -86,15 +86,16 @@ class Encoder:
 
 
 def load_encoder(model: str | Path, *, tracking_uri: str | None = None, weights_dir: str | Path | None = None) -> Encoder:
-    """An encoder from a checkpoint directory, a `models:/` or `runs:/` URI, or an external model's
-    name ("galileo_nano", "presto": their published weights, from `weights_dir` or $SPACENIT_WEIGHTS_DIR)."""
+    """An encoder from a checkpoint directory, a `models:/` or `runs:/` URI (of a SpaceNit model, or of an
+    external one registered with `spacenit register`), or an external model's name ("galileo_nano",
+    "presto": their published weights, from `weights_dir` or $SPACENIT_WEIGHTS_DIR)."""
+    from spacenit.evaluation.embed import load_external_model, resolve_model
     from spacenit.external import EXTERNAL_ENCODERS, load_external
-
-    if str(model) in EXTERNAL_ENCODERS:
-        external = load_external(str(model), weights_dir)
-        return Encoder(external.name, tuple(external.sensors), external)
-    from spacenit.evaluation.embed import resolve_model
     from spacenit.train.checkpoint import load_checkpoint
+
+    external = load_external(str(model), weights_dir) if str(model) in EXTERNAL_ENCODERS else load_external_model(model, tracking_uri)
+    if external is not None:
+        return Encoder(external.name, tuple(external.sensors), external)
 
     net, meta = load_checkpoint(resolve_model(model, tracking_uri))
     return Encoder(str(model), tuple(s.name for s in meta.sensors), net.eval(), meta)

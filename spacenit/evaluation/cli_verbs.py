@@ -13,9 +13,16 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-EVALUATION_VERBS = ("embed", "probe", "evaluate", "report")
+EVALUATION_VERBS = ("embed", "probe", "evaluate", "report", "register")
 
 EVALUATION_EXAMPLES = {
+    "register": """examples:
+  spacenit register galileo_nano --tracking-uri sqlite:///mlflow.db      # -> models:/galileo-nano@published
+  spacenit embed models:/galileo-nano@published demo-output/dataset galileo.zarr
+  mlflow models serve -m models:/galileo-nano@published -p 5001 --env-manager local
+
+The model holds the published weights (sha256-checked when registering and again when
+loading), their LICENSE and the SpaceNit code that runs them.""",
     "embed": """examples:
   spacenit embed demo-output/pretrain/checkpoint demo-output/dataset demo-output/embeddings.zarr
   spacenit embed models:/spacenit-encoder@champion demo-output/dataset emb.zarr --patch-maps \\
@@ -66,8 +73,8 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
                          tracking_args: Callable[[argparse.ArgumentParser], None]) -> None:  # fmt: skip
     """Add the evaluation sub-parsers; `verb(name, help)` makes one, `tracking_args` adds MLflow options."""
     e = verb("embed", "Write embeddings of a dataset (pooled, optionally per-patch maps), or of a GeoTIFF scene.")
-    e.add_argument("model", help="checkpoint directory or MLflow URI (models:/name@alias); for scenes also "
-                                 "galileo_nano or presto (published weights)")
+    e.add_argument("model", help="checkpoint directory, MLflow URI (models:/name@alias), or galileo_nano / presto "
+                                 "(published weights; or their models:/ URI after `spacenit register`)")
     e.add_argument("dataset_dir", type=Path, help="a converted dataset; or a GeoTIFF scene (.tif), or a folder of a "
                                                   "scene's band files (Sentinel-2's 10/20/60 m bands, each read at its own resolution)")
     e.add_argument("output", type=Path, help="embeddings to write: a Zarr group (emb.zarr), or for a scene a .tif or .zarr")
@@ -122,6 +129,15 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
     rep.add_argument("output", type=Path)
     rep.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
 
+    g = verb("register", "Register a published external encoder (galileo_nano, presto) in the MLflow Model Registry.")
+    g.add_argument("encoder", choices=("galileo_nano", "presto"), help="which published encoder")
+    g.add_argument("--name", default=None, help="registered model name (default: the encoder's, with dashes)")
+    g.add_argument("--alias", default="published", help="alias set on the new version ('' for none; default: %(default)s)")
+    g.add_argument("--weights-dir", type=Path, default=None,
+                   help="folder holding galileo_nano/ and presto/ (default: $SPACENIT_WEIGHTS_DIR, else ../shared/weights)")
+    g.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    g.add_argument("--mlflow-experiment", default="spacenit-external", help="experiment of the registration run")
+
 
 def run_evaluation_verb(args: argparse.Namespace) -> int:
     if args.verb == "embed":
@@ -142,6 +158,14 @@ def run_evaluation_verb(args: argparse.Namespace) -> int:
         if not args.store.is_file():
             raise FileNotFoundError(f"results store {args.store} does not exist; fill it with `spacenit evaluate`")
         print(f"wrote {write_report(ResultsStore(args.store), args.output, tasks=args.task)}")
+        return 0
+    if args.verb == "register":
+        from spacenit.evaluation.register import register_external
+
+        uri, version = register_external(args.encoder, model_name=args.name, alias=args.alias or None,
+                                         weights_dir=args.weights_dir, tracking_uri=args.tracking_uri,
+                                         experiment=args.mlflow_experiment)  # fmt: skip
+        print(f"registered {args.encoder} as {uri} (version {version})")
         return 0
     raise AssertionError(args.verb)
 

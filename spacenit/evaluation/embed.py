@@ -189,6 +189,9 @@ def embed(
 ) -> Path:
     """Write embeddings of every sample of `dataset_dir` to the Zarr group `output_path`.
 
+    `model`: a checkpoint directory, a models:/ or runs:/ URI, or an external encoder's name
+    ("galileo_nano", "presto"; also their URI once registered with `spacenit register`).
+
     `sensor_map` (model sensor -> dataset sensor) and `allow_missing_bands`
     let a model run on data converted for a related sensor; see `inputs.py`.
     """
@@ -196,6 +199,11 @@ def embed(
     if output_path.suffix and output_path.suffix.lower() != ".zarr":
         raise EmbedError(f"{output_path}: a dataset's embeddings are a Zarr group; name it e.g. "
                          f"{output_path.with_suffix('.zarr')}")  # fmt: skip
+    external = load_external_model(model, tracking_uri)
+    if external is not None:
+        if sensor_map:
+            raise EmbedError(f"{model} maps sensors by band name itself; drop --sensor-map")
+        return _embed_external(external, dataset_dir, output_path, patch_maps=patch_maps, progress=progress, model=str(model))
     net, meta = load_checkpoint(resolve_model(model, tracking_uri))
     inputs = model_inputs_for(meta, dataset_dir, sensor_map=sensor_map, allow_missing_bands=allow_missing_bands)
     dataset = ModelInputDataset(dataset_dir, inputs)
@@ -214,6 +222,45 @@ def embed(
         patch_valid=valid,
     )
     return save_embeddings(output_path, result, model=str(model))
+
+
+def load_external_model(model: str | Path, tracking_uri: str | None = None):
+    """The external encoder `model` names ("galileo_nano", "presto", or a models:/ or runs:/ URI of one
+    registered with `spacenit register`); None when `model` is a SpaceNit model."""
+    from spacenit.external import EXTERNAL_ENCODERS, load_external
+
+    text = str(model)
+    if text in EXTERNAL_ENCODERS:
+        return load_external(text)
+    if text.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        from spacenit.train.tracking import default_tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        marker = next((p for p in (local / "artifacts" / EXTERNAL_JSON, local / EXTERNAL_JSON) if p.is_file()), None)
+        if marker is not None:
+            import json
+
+            return load_external(json.loads(marker.read_text())["name"], marker.parent / "weights")
+    return None
+
+
+#: In a registered external encoder's artifacts: which encoder it is (its weights are beside it).
+EXTERNAL_JSON = "external.json"
+
+
+def _embed_external(encoder, dataset_dir, output_path, *, patch_maps: bool, progress: bool, model: str) -> Path:
+    from spacenit.evaluation.external_adapters import encode_dataset
+
+    reader = DatasetReader(dataset_dir)
+    pooled, maps, valid = encode_dataset(encoder, reader, progress=progress)
+    records = reader.records
+    result = Embeddings(vectors=pooled, ids=[r.id for r in records], labels=[r.label for r in records],
+                        splits=[r.split for r in records], patch_maps=maps if patch_maps else None,
+                        patch_valid=valid if patch_maps else None)  # fmt: skip
+    return save_embeddings(output_path, result, model=model)
 
 
 def save_embeddings(path: str | Path, emb: Embeddings, *, model: str) -> Path:

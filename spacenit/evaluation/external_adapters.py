@@ -78,21 +78,31 @@ class ExternalAdapter:
     def features(self, task: Task, *, patch_tokens: bool = False) -> Features:
         reader = DatasetReader(task.dataset_dir)
         _check_order(reader, task)
-        sensors = tuple(s for s in reader.info.sensors if s in self.encoder.sensors)
-        if not sensors:
-            raise ProbeError(f"{self.name} reads {list(self.encoder.sensors)}; {task.dataset_dir} has only {list(reader.info.sensors)}")
-        batch = max(1, PIXELS_PER_BATCH // reader.info.tile_size_px**2)
-        bands = {s: reader.info.sensors[s].bands for s in sensors}
-        pooled, tokens = [], []
-        for start in range(0, len(reader), batch):
-            samples = [model_input(reader, i, sensors) for i in range(start, min(start + batch, len(reader)))]
-            out = self.encoder.encode({s: np.stack([x.images[s] for x in samples]) for s in sensors},
-                                      {s: np.stack([x.months[s] for x in samples]) for s in sensors},
-                                      reader.info.gsd_m, latlon=np.stack([x.latlon for x in samples]), bands=bands)  # fmt: skip
-            pooled.append(out.pooled)
-            if patch_tokens:
-                tokens.append(out.patches.reshape(len(samples), -1, out.patches.shape[-1]))  # NaN rows: no data
-        return Features(np.concatenate(pooled), np.concatenate(tokens) if patch_tokens else None)
+        pooled, patches, _ = encode_dataset(self.encoder, reader)
+        tokens = patches.reshape(len(patches), -1, patches.shape[-1]) if patch_tokens else None  # NaN rows: no data
+        return Features(pooled, tokens)
+
+
+def encode_dataset(encoder: ExternalEncoder, reader: DatasetReader, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every sample of a dataset through an external encoder: pooled (N, Dp), patch maps (N, h, w, D)
+    (NaN where no data) and their validity (N, h, w)."""
+    from tqdm import tqdm
+
+    sensors = tuple(s for s in reader.info.sensors if s in encoder.sensors)
+    if not sensors:
+        raise ProbeError(f"{encoder.name} reads {list(encoder.sensors)}; {reader.root} has only {list(reader.info.sensors)}")
+    batch = max(1, PIXELS_PER_BATCH // reader.info.tile_size_px**2)
+    bands = {s: reader.info.sensors[s].bands for s in sensors}
+    pooled, patches, valid = [], [], []
+    for start in tqdm(range(0, len(reader), batch), desc="embed", unit="batch", disable=not progress):
+        samples = [model_input(reader, i, sensors) for i in range(start, min(start + batch, len(reader)))]
+        out = encoder.encode({s: np.stack([x.images[s] for x in samples]) for s in sensors},
+                             {s: np.stack([x.months[s] for x in samples]) for s in sensors},
+                             reader.info.gsd_m, latlon=np.stack([x.latlon for x in samples]), bands=bands)  # fmt: skip
+        pooled.append(out.pooled)
+        patches.append(out.patches)
+        valid.append(out.valid)
+    return np.concatenate(pooled), np.concatenate(patches), np.concatenate(valid)
 
 
 @register_adapter("galileo_nano")

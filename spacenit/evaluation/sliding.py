@@ -324,15 +324,15 @@ def embed_scene(
     `model`: a SpaceNit checkpoint or MLflow URI, or "galileo_nano" / "presto". A scene lacking
     some of the model sensor's bands is refused unless `allow_missing_bands` (they are then no data).
     """
-    from spacenit.external import EXTERNAL_ENCODERS, load_external
+    from spacenit.evaluation.embed import load_external_model
 
     paths = [Path(outputs)] if isinstance(outputs, str | Path) else [Path(o) for o in outputs]
     for path in paths:
         if path.suffix.lower() not in (*TIFF_SUFFIXES, ".zarr"):
             raise EmbedError(f"{path}: write a scene's embeddings to a .tif (Cloud-Optimized GeoTIFF) or a .zarr path")
-    external = str(model) in EXTERNAL_ENCODERS
+    encoder_model = load_external_model(model, tracking_uri)
+    external = encoder_model is not None
     if external:
-        encoder_model = load_external(str(model))
         candidates = [get_sensor(s) for s in encoder_model.sensors if get_sensor(s).spatial]
     else:
         from spacenit.train.checkpoint import load_checkpoint
