@@ -30,7 +30,14 @@ from spacenit.data.format import load_dataset_info
 from spacenit.data.loader import BatchPlanner, GeoTileDataset, LoaderConfig, pretrain_geometry
 from spacenit.data.stats import load_stats
 from spacenit.train.checkpoint import latest_training_checkpoint, load_checkpoint, read_train_state
-from spacenit.train.pretrain import PretrainConfig, batch_split, build_config, load_summary, pretrain, total_steps
+from spacenit.train.pretrain import (
+    PretrainConfig,
+    batch_split,
+    build_config,
+    load_summary,
+    pretrain,
+    total_steps,
+)
 from spacenit.train.trainer import NonFiniteLossError
 
 #: A model and batches small enough for CI (over the "small" training preset), at a fixed patch size
