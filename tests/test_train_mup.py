@@ -13,6 +13,7 @@ from spacenit.arch.transformer import TransformerBlock
 from spacenit.config import ConfigError
 from spacenit.sensors import SENTINEL2_L2A
 from spacenit.train import mup
+from spacenit.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from spacenit.train.optim import build_optimizer
 from spacenit.train.pretrain import build_config
 
@@ -128,3 +129,14 @@ def test_mup_at_the_base_width_is_the_standard_parameterization() -> None:
 def test_a_base_width_the_heads_cannot_divide_is_refused() -> None:
     with pytest.raises(ConfigError, match="mup_base_dim=50"):
         build(128, True, "model.mup_base_dim=50")
+
+
+def test_an_exported_mup_model_embeds_as_it_was_trained(tmp_path) -> None:
+    """The attention scale comes from the saved ModelConfig, so `embed` of a checkpoint matches training."""
+    module, cfg, _ = build(2 * BASE, True)
+    save_checkpoint(tmp_path / "ckpt", module.model, CheckpointMeta(cfg.model, [SENTINEL2_L2A], 4, {}, {}))
+    loaded, meta = load_checkpoint(tmp_path / "ckpt")
+    assert meta.model.mup and loaded.encoder.transformer.blocks[0].attn.scale == pytest.approx(1 / math.sqrt(32 * 2))
+    module.eval()
+    images, months = batch()["images"], batch()["months"]
+    torch.testing.assert_close(loaded.embed(images, months, 4), module.model.embed(images, months, 4))
