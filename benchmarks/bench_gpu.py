@@ -147,17 +147,15 @@ def sync(device: torch.device) -> None:
 
 def measure(name: str, compiled: bool, make: Callable[[bool], Callable[[], None]], samples: int, tokens: int,
             setup: Setup, device: torch.device) -> Row:  # fmt: skip
-    """Build the step with `make(compiled)`, count its FLOPs (eager steps), warm up, time `setup.steps` steps."""
+    """Count the FLOPs of one eager step, then build the step with `make(compiled)`, warm up and time `setup.steps` steps."""
+    with FlopCounterMode(display=False) as counter:
+        make(False)()  # a compiled step's FLOPs are its eager twin's
+    flops = float(counter.get_total_flops())
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     step = make(compiled)
-    flops = 0.0
-    if not compiled:  # a compiled step's FLOPs are its eager twin's
-        with FlopCounterMode(display=False) as counter:
-            step()
-        flops = float(counter.get_total_flops())
     sync(device)
     t0 = time.perf_counter()
     for _ in range(setup.warmup):
@@ -302,10 +300,8 @@ def main() -> None:
         # 64 x 64 px at patch 8, 3 band groups, 1 timestep: 192 tokens a sample.
         rows.append(measure("nano inference", compiled, inference_step(setup, device), setup.infer_batch,
                             setup.infer_batch * 3 * (64 // 8) ** 2, setup, device))  # fmt: skip
-    eager_flops = {r.name: r.flops for r in rows if not r.compiled}
     for r in rows:
-        r.flops = r.flops or eager_flops.get(r.name, 0.0)
-        r.mfu = r.flops / r.step_s / (peak * 1e12) if peak and r.flops else None
+        r.mfu = r.flops / r.step_s / (peak * 1e12) if peak else None
 
     print(f"{'row':24} {'compile':>7} {'step ms':>9} {'tokens/s':>11} {'samples/s':>10} {'TFLOP/step':>10} {'MFU':>6} "
           f"{'peak GiB':>8} {'compile s':>9}")  # fmt: skip

@@ -196,6 +196,9 @@ def test_dry_run_says_which_preset_and_values_are_in_force(synthetic_dataset: Pa
     assert "300 epochs, but the dataset's 24 samples are fewer than one global batch of 512" in out
     assert main([*args, "--set", "train.global_batch_size=8", "--set", "train.micro_batch_size=1"]) == 0
     assert "# duration: 300 epochs x 3 steps = 900 steps (24 samples)\n" in capsys.readouterr().out
+    # What pretrain would refuse, the dry run refuses.
+    assert main([*args, "--set", "train.optimizer=sgd"]) == 2
+    assert "train.optimizer must be one of" in capsys.readouterr().err
 
 
 def test_spec_defaults_on_a_small_dataset_say_what_to_do(synthetic_dataset: Path, tmp_path: Path, capsys) -> None:

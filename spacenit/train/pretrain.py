@@ -145,8 +145,11 @@ def total_steps(tc: TrainConfig, num_samples: int) -> int:
 
 
 def describe_training(cfg: PretrainConfig, preset: str, world_size: int = 1, num_samples: int | None = None) -> str:
-    """What `--dry-run` prints above the config: the preset and the values in force, as YAML comments."""
+    """What `--dry-run` prints above the config: the preset and the values in force, as YAML comments.
+
+    Raises ConfigError for values `pretrain` would refuse."""
     tc = cfg.train
+    _check(tc)
     micro, accum = batch_split(tc, world_size)
     if tc.steps is not None:
         unused = f"; train.epochs={tc.epochs} not used" if tc.epochs is not None else ""
