@@ -15,6 +15,8 @@ through SDPA, eager and under torch.compile (each row on a fresh model):
 - `spacenit pretrain step`: the latent-prediction train module around the
   same encoder (masking, predictor, EMA target forward) with the project's
   optimizer (spacenit.train.optim); compiled as `train.compile` does, block by block.
+  The script imports only the model and training modules (torch, numpy, yaml): it
+  runs on a GPU machine that has none of the data stack (zarr, rasterio, MLflow).
 - `ViT-B/16`: timm's VisionTransformer when `import timm` works, else the same
   standard ViT built from torch.nn (bench_encoder.PeerViT), on 32 images of
   45 x 50 patches of 16 px: the same 2250 tokens a sample.
@@ -50,10 +52,11 @@ import torch
 from bench_encoder import make_peer  # noqa: E402 - a sibling script
 from torch.utils.flop_counter import FlopCounterMode
 
-from spacenit.arch.models import SpaceNitModel, create_model
+from spacenit.arch.models import create_model
+from spacenit.data.masking import MaskingConfig
 from spacenit.sensors import SENTINEL2_L2A
-from spacenit.train.optim import build_optimizer
-from spacenit.train.pretrain import build_config
+from spacenit.train.module import ObjectiveConfig
+from spacenit.train.optim import MuonAdamW, param_groups
 
 #: Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets; the first
 #: key found in the device name wins (so "H100 PCIe" before "H100", "L40S" before "L4").
@@ -199,14 +202,13 @@ def encoder_step(setup: Setup, device: torch.device) -> Callable[[bool], Callabl
 
 def pretrain_step(setup: Setup, device: torch.device) -> Callable[[bool], Callable[[], None]]:
     def make(compiled: bool) -> Callable[[], None]:
-        cfg = build_config("spacenit_base", [f"model.{k}={v}" for k, v in setup.model_overrides.items()])
         torch.manual_seed(0)
-        module = cfg.objective.build(SpaceNitModel(cfg.model, [SENTINEL2_L2A]), cfg.masking.build(), total_steps=1000)
-        module = module.to(device).train()
+        model = create_model("spacenit_base", [SENTINEL2_L2A], **setup.model_overrides)
+        module = ObjectiveConfig().build(model, MaskingConfig().build(), total_steps=1000).to(device).train()
         if compiled:  # as train.compile does
             for block in [*module.model.encoder.transformer.blocks, *module.model.predictor.transformer.blocks]:
                 block.compile(dynamic=True)
-        optimizer = build_optimizer(module, cfg.train)
+        optimizer = MuonAdamW(param_groups(module, 0.02), lr=1e-4)  # what `pretrain` builds for train.optimizer=adamw
         images, months = model_inputs(setup.batch, setup.timesteps, setup.grid[0] * setup.patch, setup.grid[1] * setup.patch, device)
         batch = {"images": images, "months": months}
 
