@@ -29,7 +29,7 @@ demo: $(INSTALLED)
 	$(PY) -m pipelines.spacenit_pipeline compile --output $(DEMO_DIR)/spacenit_pipeline.yaml
 	$(PY) -m pipelines.spacenit_pipeline run-local --input-dir $(DEMO_DIR)/geotiffs \
 		--pipeline-root $(DEMO_DIR)/pipeline-root --tracking-uri sqlite:///$(abspath $(DEMO_DIR))/mlflow.db \
-		--tile-size-px 48 --steps 80 --global-batch-size 16 \
+		--tile-size-px 48 --train-preset small --steps 80 --global-batch-size 16 \
 		--set data.min_patch_size=8 --set data.max_patch_size=8
 	@echo "MLflow store: $(DEMO_DIR)/mlflow.db (browse: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath $(DEMO_DIR))/mlflow.db)"
 	@echo "compiled pipeline: $(DEMO_DIR)/spacenit_pipeline.yaml"

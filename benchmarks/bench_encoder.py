@@ -40,9 +40,9 @@ PATCH = 8
 class PeerViT(nn.Module):
     """The stand-in for timm's VisionTransformer (see the module docstring)."""
 
-    def __init__(self, in_chans: int, grid: tuple[int, int], dim: int, depth: int, heads: int) -> None:
+    def __init__(self, in_chans: int, grid: tuple[int, int], dim: int, depth: int, heads: int, patch: int = PATCH) -> None:
         super().__init__()
-        self.patch_embed = nn.Conv2d(in_chans, dim, PATCH, stride=PATCH)
+        self.patch_embed = nn.Conv2d(in_chans, dim, patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.randn(1, grid[0] * grid[1], dim) * 0.02)
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
@@ -53,13 +53,14 @@ class PeerViT(nn.Module):
         return self.norm(self.blocks(tokens))
 
 
-def make_peer(in_chans: int, grid: tuple[int, int], dim: int, depth: int, heads: int) -> tuple[nn.Module, str]:
+def make_peer(in_chans: int, grid: tuple[int, int], dim: int, depth: int, heads: int, patch: int = PATCH) -> tuple[nn.Module, str]:
+    """A standard ViT over a grid[0] x grid[1] grid of `patch`-pixel patches: timm's, or the stand-in."""
     try:
         import timm  # noqa: F401
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
-        return PeerViT(in_chans, grid, dim, depth, heads), "torch.nn.TransformerEncoder ViT (stand-in for timm)"
-    vit = VisionTransformer(img_size=(grid[0] * PATCH, grid[1] * PATCH), patch_size=PATCH, in_chans=in_chans, embed_dim=dim,
+        return PeerViT(in_chans, grid, dim, depth, heads, patch), "torch.nn.TransformerEncoder ViT (stand-in for timm)"
+    vit = VisionTransformer(img_size=(grid[0] * patch, grid[1] * patch), patch_size=patch, in_chans=in_chans, embed_dim=dim,
                             depth=depth, num_heads=heads, num_classes=0, class_token=False, global_pool="avg")  # fmt: skip
     return vit, "timm VisionTransformer"
 

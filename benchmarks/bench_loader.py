@@ -28,7 +28,6 @@ from accelerate import Accelerator
 from bench_trainer import bench_dataset  # noqa: E402 - a sibling script
 
 from spacenit.arch.models import SpaceNitModel
-from spacenit.config import apply_overrides
 from spacenit.data.loader import (
     BatchPlanner,
     GeoTileDataset,
@@ -36,9 +35,10 @@ from spacenit.data.loader import (
     pretrain_geometry,
 )
 from spacenit.data.stats import load_stats
-from spacenit.train.pretrain import PretrainConfig
+from spacenit.train.optim import build_optimizer
+from spacenit.train.pretrain import build_config
 from spacenit.train.schedules import warmup_cosine
-from spacenit.train.trainer import Trainer, param_groups
+from spacenit.train.trainer import Trainer
 
 
 class TimedIterator:
@@ -70,7 +70,7 @@ def main() -> None:
         overrides += [f"model.depth={args.depth}", f"model.decoder_depth={args.depth}"]
     if args.workers is not None:
         overrides.append(f"data.num_workers={args.workers}")
-    cfg = apply_overrides(PretrainConfig(), overrides)
+    cfg = build_config(overrides=overrides, preset="small")
     tc, steps = cfg.train, args.steps
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +91,7 @@ def main() -> None:
         def trainer(make_loader) -> Trainer:
             torch.manual_seed(0)
             module = cfg.objective.build(SpaceNitModel(cfg.model, sensors), cfg.masking.build(), total_steps=steps)
-            optimizer = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr)
+            optimizer = build_optimizer(module, tc)
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, steps))
             module, optimizer = accelerator.prepare(module, optimizer)
             return Trainer(module, optimizer, scheduler, make_loader, accelerator, total_steps=steps, accum_steps=1,

@@ -28,7 +28,6 @@ import torch
 from accelerate import Accelerator
 
 from spacenit.arch.models import SpaceNitModel
-from spacenit.config import apply_overrides
 from spacenit.data.loader import (
     BatchPlanner,
     GeoTileDataset,
@@ -36,9 +35,10 @@ from spacenit.data.loader import (
     pretrain_geometry,
 )
 from spacenit.data.stats import load_stats
-from spacenit.train.pretrain import PretrainConfig
+from spacenit.train.optim import build_optimizer
+from spacenit.train.pretrain import build_config
 from spacenit.train.schedules import warmup_cosine
-from spacenit.train.trainer import Trainer, micro_batch_seed, param_groups
+from spacenit.train.trainer import Trainer, micro_batch_seed
 
 
 def bench_dataset(root: Path) -> Path:
@@ -74,7 +74,7 @@ def main() -> None:
                      f"data.max_patch_size={args.patch_size}", "data.num_workers=0", "train.log_every=1"]  # fmt: skip
         if args.depth:
             overrides += [f"model.depth={args.depth}", f"model.decoder_depth={args.depth}"]
-        cfg = apply_overrides(PretrainConfig(), overrides)
+        cfg = build_config(overrides=overrides, preset="small")
         tc = cfg.train
         total = 2 * args.steps + 4
         dataset = GeoTileDataset(data, load_stats(data / "stats.json"))
@@ -84,7 +84,7 @@ def main() -> None:
         accelerator = Accelerator(cpu=True)
         sensors = [dataset.reader.info.sensors[n] for n in dataset.sensor_names]
         module = cfg.objective.build(SpaceNitModel(cfg.model, sensors), cfg.masking.build(), total_steps=total)
-        optimizer = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr)
+        optimizer = build_optimizer(module, tc)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, total))
         prepared, prepared_opt = accelerator.prepare(module, optimizer)
 

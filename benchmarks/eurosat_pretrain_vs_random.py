@@ -17,9 +17,12 @@ chips, 10 classes):
    EuroSAT encoder on L2A bands matched by name), and write it.
 
     python benchmarks/eurosat_pretrain_vs_random.py --budget-min 15 --work-dir eval-work/eurosat-run
+    python benchmarks/eurosat_pretrain_vs_random.py --steps 300 --skip-extra --set train.optimizer=muon \
+        --work-dir eval-work/eurosat-muon      # a fixed step budget, e.g. to compare optimizers
 
 The CPU may be shared: the step time is measured on the spot, so a busy
-machine gets fewer steps rather than a longer run.
+machine gets fewer steps rather than a longer run (unless --steps fixes them).
+Training starts from the "small" preset (LR 1e-3, warm-up 5% of the steps).
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ DEFAULT_OVERRIDES = [
 
 
 def timed_pretrain(dataset: Path, out: Path, steps: int, overrides: list[str], tracking_uri: str):
-    cfg = build_config("spacenit_nano", [f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 20)}", *overrides])
+    cfg = build_config("spacenit_nano", [f"train.steps={steps}", f"train.warmup_steps={max(1, steps // 20)}", *overrides],
+                       preset="small")  # fmt: skip
     tick = time.perf_counter()
     result = pretrain(dataset, dataset / "stats.json", out, cfg, tracking_uri=tracking_uri, experiment="eurosat-pretrain", register_as=None)
     return result, time.perf_counter() - tick
@@ -79,6 +83,24 @@ def steady_step_time(tracking_uri: str, run_id: str) -> float:
     if len(history) < 2:
         raise RuntimeError(f"run {run_id} logged train/step_time_s {len(history)} time(s); calibration needs 2 or more")
     return max(m.value for m in history[1:])
+
+
+def calibrated_steps(dataset: Path, work: Path, overrides: list[str], tracking_uri: str, budget_min: float) -> tuple[int, float]:
+    """(steps that fit in `budget_min` minutes, seconds per step), from a calibration run."""
+    # Calibrate: a 25-step run's steady step time, from the trainer's own train/step_time_s (logged
+    # every 10 steps to MLflow; the first interval holds the loader's start and is left out).
+    # Whole-run means include the fixed costs (a 0.58 s step once measured 1.3 s over 25 steps),
+    # and the difference of two short runs is noisy (once 0.78 s where the run took 1.17).
+    # A first one-step run takes the one-off costs (the MLflow store's schema, imports) out.
+    timed_pretrain(dataset, work / "calibrate-warmup", 1, overrides, tracking_uri)
+    calibration, t_calibration = timed_pretrain(dataset, work / "calibrate", 25, overrides, tracking_uri)
+    per_step = steady_step_time(tracking_uri, calibration.run_id)
+    fixed = max(t_calibration - 25 * per_step, 0.0)
+    # 15% headroom: this shared machine's step time drifts by that much within one run (a run
+    # calibrated at 0.38 s a step went at 0.46 on average: 17.2 minutes for a budget of 15).
+    steps = max(int((budget_min * 60 - fixed) / per_step * 0.85), 10)
+    print(f"calibration: {per_step:.2f} s/step, {fixed:.0f} s fixed -> {steps} steps for {budget_min} min", flush=True)
+    return steps, per_step
 
 
 def knn_verdict(store: ResultsStore, adapters, pretrained_name: str) -> dict:
@@ -112,6 +134,7 @@ def main() -> None:
     p.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--work-dir", type=Path, default=Path("eval-work/eurosat-pretrain-vs-random"))
     p.add_argument("--budget-min", type=float, default=15.0, help="wall-clock minutes of pretraining, at most")
+    p.add_argument("--steps", type=int, default=None, help="pretrain exactly this many steps (no calibration, no time budget)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="pretraining config override (repeatable)")
     p.add_argument("--skip-extra", action="store_true", help="only the kNN verdict: no few-shot, attentive, fine-tuning, BigEarthNet")
     args = p.parse_args()
@@ -121,23 +144,15 @@ def main() -> None:
     overrides = DEFAULT_OVERRIDES + args.overrides
     task = eurosat_task(args.data_root, work)
 
-    # Calibrate: a 25-step run's steady step time, from the trainer's own train/step_time_s (logged
-    # every 10 steps to MLflow; the first interval holds the loader's start and is left out).
-    # Whole-run means include the fixed costs (a 0.58 s step once measured 1.3 s over 25 steps),
-    # and the difference of two short runs is noisy (once 0.78 s where the run took 1.17).
-    # A first one-step run takes the one-off costs (the MLflow store's schema, imports) out.
-    timed_pretrain(task.dataset_dir, work / "calibrate-warmup", 1, overrides, tracking_uri)
-    calibration, t_calibration = timed_pretrain(task.dataset_dir, work / "calibrate", 25, overrides, tracking_uri)
-    per_step = steady_step_time(tracking_uri, calibration.run_id)
-    fixed = max(t_calibration - 25 * per_step, 0.0)
-    # 15% headroom: this shared machine's step time drifts by that much within one run (a run
-    # calibrated at 0.38 s a step went at 0.46 on average: 17.2 minutes for a budget of 15).
-    steps = max(int((args.budget_min * 60 - fixed) / per_step * 0.85), 10)
-    print(f"calibration: {per_step:.2f} s/step, {fixed:.0f} s fixed -> {steps} steps for {args.budget_min} min", flush=True)
+    if args.steps:
+        steps, per_step = args.steps, None
+    else:
+        steps, per_step = calibrated_steps(task.dataset_dir, work, overrides, tracking_uri, args.budget_min)
 
     result, wall = timed_pretrain(task.dataset_dir, work / "pretrain", steps, overrides, tracking_uri)
+    per_step = per_step or wall / steps  # a fixed step budget: the whole run's mean
     print(f"pretrained {steps} steps in {wall / 60:.1f} min, final loss {result.final_loss:.4f}", flush=True)
-    if wall > args.budget_min * 60:
+    if not args.steps and wall > args.budget_min * 60:
         print(f"WARNING: pretraining overran its budget of {args.budget_min} min (the machine slowed down after "
               "the calibration); the comparison below is for a longer run than asked", flush=True)  # fmt: skip
     summary = {"steps": steps, "pretrain_minutes": wall / 60, "seconds_per_step": per_step, "final_loss": result.final_loss,

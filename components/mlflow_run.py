@@ -23,6 +23,7 @@ def start_run(
     experiment: str = "spacenit",
     input_dir: str = "",
     model_preset: str = "",
+    train_preset: str = "",
     steps: int = 0,
     global_batch_size: int = 0,
     gpus_per_node: int = 0,
@@ -42,6 +43,7 @@ def start_run(
         params={
             "input_dir": input_dir,
             "model_preset": model_preset,
+            "train_preset": train_preset,
             "steps": steps,
             "global_batch_size": global_batch_size,
             "gpus_per_node": gpus_per_node,

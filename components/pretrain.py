@@ -19,8 +19,9 @@ def pretrain(
     dataset: Input[Dataset],
     stats: Input[Artifact],
     model: Output[Model],
-    steps: int = 200,
-    global_batch_size: int = 16,
+    train_preset: str = "spec",
+    steps: int = 0,
+    global_batch_size: int = 0,
     model_preset: str = "spacenit_nano",
     seed: int = 0,
     overrides: list[str] = [],  # noqa: B006 (KFP copies the default into the spec; never mutated)
@@ -33,8 +34,10 @@ def pretrain(
 ):
     """Pretrain an encoder into `model.path` (checkpoint/ and pretrain_summary.json).
 
-    `overrides` are extra `key.path=value` config overrides (as `spacenit
-    pretrain --set`), applied after `steps`, `global_batch_size` and `seed`.
+    `train_preset` is the training preset (`spacenit pretrain --preset`: "spec", the
+    specification's 300 epochs of 512, or "small"); `steps` and `global_batch_size`
+    replace its values when not 0. `overrides` are extra `key.path=value` config
+    overrides (as `spacenit pretrain --set`), applied after them and `seed`.
     `model.metadata` gets the MLflow run id, the registered model URI and version.
     An empty `tracking_uri` means $MLFLOW_TRACKING_URI (or the default store);
     the run nests under the pipeline's MLflow run `parent_run_id`; an empty
@@ -52,8 +55,8 @@ def pretrain(
         os.environ[PARENT_RUN_ENV] = parent_run_id  # inherited by accelerate's workers too
     os.makedirs(model.path, exist_ok=True)  # KFP creates the artifact's parent, not the directory
     overrides = [
-        f"train.steps={steps}",
-        f"train.global_batch_size={global_batch_size}",
+        *([f"train.steps={steps}"] if steps else []),
+        *([f"train.global_batch_size={global_batch_size}"] if global_batch_size else []),
         f"train.seed={seed}",
         *overrides,
     ]
@@ -63,7 +66,7 @@ def pretrain(
             sys.executable, "-m", "accelerate.commands.launch",
             "--multi_gpu", "--num_machines", "1", "--num_processes", str(gpus_per_node),
             "-m", "spacenit.cli", "pretrain", dataset.path,
-            "--stats", stats.path, "--output-dir", model.path, "--model", model_preset,
+            "--stats", stats.path, "--output-dir", model.path, "--model", model_preset, "--preset", train_preset,
             "--mlflow-experiment", experiment, "--register-as", register_as, "--alias", alias,
         ]  # fmt: skip
         for override in overrides:
@@ -84,7 +87,7 @@ def pretrain(
             dataset.path,
             stats.path,
             model.path,  # the checkpoint lands in model.path/checkpoint; embed accepts either
-            build_config(model_preset, overrides),
+            build_config(model_preset, overrides, preset=train_preset),
             tracking_uri=tracking_uri or None,
             experiment=experiment,
             register_as=register_as or None,
@@ -98,6 +101,7 @@ def pretrain(
     model.metadata["final_loss"] = final_loss
     model.metadata["world_size"] = world_size
     model.metadata["preset"] = model_preset
+    model.metadata["train_preset"] = train_preset
     print(f"checkpoint: {model.path}\nmlflow run: {run_id}\nmodel: {model_uri} (version {version})")
 
 

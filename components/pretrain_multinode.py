@@ -34,8 +34,9 @@ def pretrain_multinode(
     model: Output[Model],
     num_nodes: int = 2,
     gpus_per_node: int = 8,
-    steps: int = 200,
-    global_batch_size: int = 16,
+    train_preset: str = "spec",
+    steps: int = 0,
+    global_batch_size: int = 0,
     model_preset: str = "spacenit_nano",
     seed: int = 0,
     overrides: list[str] = [],  # noqa: B006 (KFP copies the default into the spec; never mutated)
@@ -59,7 +60,8 @@ def pretrain_multinode(
     `scratch_dir` must lie on the PVC `data_pvc`, mounted here and in the job's pods
     at the same path. An empty `namespace` is this pod's own. The job is deleted on
     timeout; a failed job is kept for its logs (the template's
-    ttlSecondsAfterFinished removes it).
+    ttlSecondsAfterFinished removes it). `train_preset`, `steps` (0: the preset's)
+    and `global_batch_size` (0: the preset's) are as in the single-node component.
     """
     import copy
     import json
@@ -91,11 +93,12 @@ def pretrain_multinode(
     output_dir = workdir / "output"
     args = [
         str(workdir / "dataset"), "--stats", str(workdir / "stats.json"), "--output-dir", str(output_dir),
-        "--model", model_preset, "--mlflow-experiment", experiment, "--register-as", register_as, "--alias", alias,
+        "--model", model_preset, "--preset", train_preset, "--mlflow-experiment", experiment, "--register-as", register_as,
+        "--alias", alias,
     ]  # fmt: skip
     for override in [
-        f"train.steps={steps}",
-        f"train.global_batch_size={global_batch_size}",
+        *([f"train.steps={steps}"] if steps else []),
+        *([f"train.global_batch_size={global_batch_size}"] if global_batch_size else []),
         f"train.seed={seed}",
         *overrides,
     ]:

@@ -2,7 +2,7 @@
 
     python -m pipelines.spacenit_pipeline compile [--output pipelines/spacenit_pipeline.yaml]
     python -m pipelines.spacenit_pipeline run-local --input-dir DIR --pipeline-root DIR \\
-        --tracking-uri sqlite:///$PWD/mlflow.db [--steps N ...]
+        --tracking-uri sqlite:///$PWD/mlflow.db [--train-preset small --steps N ...]
     python -m pipelines.spacenit_pipeline submit --host URL --input-dir /data/raw [...]
 
 `compile` writes the pipeline spec to submit to Kubeflow Pipelines; `run-local`
@@ -174,8 +174,9 @@ def spacenit_pipeline(
     tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
-    steps: int = 200,
-    global_batch_size: int = 16,
+    train_preset: str = "spec",
+    steps: int = 0,
+    global_batch_size: int = 0,
     model_preset: str = "spacenit_nano",
     pretrain_overrides: list[str] = [],  # noqa: B006 (KFP copies the default into the spec)
     gpus_per_node: int = 0,
@@ -233,6 +234,9 @@ def spacenit_pipeline(
     picks the GPU nodes. `tile_scenes` splits rasters larger than one tile into one
     sample per tile (see docs/format.md). `<group>_{cpu,memory}_{request,limit}` size
     the steps (see RESOURCES).
+    `train_preset` picks the training values
+    (`spacenit pretrain --preset`): "spec", the specification's 300 epochs of global
+    batch 512, or "small"; `steps` and `global_batch_size` replace the preset's when not 0.
     """
     control = dict(cpu_request=control_cpu_request, cpu_limit=control_cpu_limit,
                    memory_request=control_memory_request, memory_limit=control_memory_limit)  # fmt: skip
@@ -250,6 +254,7 @@ def spacenit_pipeline(
             experiment=experiment,
             input_dir=input_dir,
             model_preset=model_preset,
+            train_preset=train_preset,
             steps=steps,
             global_batch_size=global_batch_size,
             gpus_per_node=gpus_per_node,
@@ -303,6 +308,7 @@ def spacenit_pipeline(
         train_args = dict(
             dataset=dataset,
             stats=stats_task.outputs["stats"],
+            train_preset=train_preset,
             steps=steps,
             global_batch_size=global_batch_size,
             model_preset=model_preset,
@@ -447,8 +453,9 @@ def run_local(
     tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
-    steps: int = 200,
-    global_batch_size: int = 16,
+    train_preset: str = "small",
+    steps: int = 0,
+    global_batch_size: int = 0,
     model_preset: str = "spacenit_nano",
     pretrain_overrides: list[str] | tuple[str, ...] = (),
     register_as: str = "spacenit-encoder",
@@ -459,7 +466,9 @@ def run_local(
 ) -> LocalRunResult:
     """Run the whole pipeline here with kfp.local, on CPU; each step is a subprocess of this interpreter.
 
-    Raises RuntimeError when a step fails (its log is printed above).
+    Trains with the "small" training preset unless told otherwise (the compiled
+    pipeline's default, "spec", is 300 epochs). Raises RuntimeError when a step fails
+    (its log is printed above).
     """
     from kfp import local
 
@@ -491,6 +500,7 @@ def run_local(
             tile_scenes=tile_scenes,
             layout=layout,
             sensor=sensor,
+            train_preset=train_preset,
             steps=steps,
             global_batch_size=global_batch_size,
             model_preset=model_preset,
@@ -583,8 +593,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="tile side in pixels of the finest grid; 0 (default): picked from the data")
     r.add_argument("--layout", default="auto", choices=["auto", "samples", "class_folders"])
     r.add_argument("--sensor", default="sentinel2_l1c")
-    r.add_argument("--steps", type=int, default=200)
-    r.add_argument("--global-batch-size", type=int, default=16)
+    r.add_argument("--train-preset", default="small",
+                   help="training preset (spacenit pretrain --preset): small (default here: 200 steps of 16) or spec "
+                        "(the specification's 300 epochs of 512)")  # fmt: skip
+    r.add_argument("--steps", type=int, default=0, help="optimizer steps (default: the preset's)")
+    r.add_argument("--global-batch-size", type=int, default=0, help="samples per step (default: the preset's)")
     r.add_argument(
         "--model",
         dest="model_preset",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ sample is converted; the exit code is 1 when anything failed. Re-running resumes
   spacenit stats eurosat --workers 2 --max-samples 10000 --seed 0""",
     "pretrain": """examples:
   spacenit pretrain demo-output/dataset --stats demo-output/dataset/stats.json \\
-      --output-dir demo-output/pretrain --set train.steps=100 --set train.global_batch_size=8
+      --output-dir demo-output/pretrain --preset small --set train.steps=100 --set train.global_batch_size=8
   spacenit pretrain DATA --stats DATA/stats.json --output-dir runs/m \\
       --experiment-config merged_bandsets_cross_random_masked_neg --dry-run     # print the resolved config
   # two processes on CPU (gloo), or N GPUs:
@@ -128,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where checkpoints are written; a re-run with the same directory resumes")  # fmt: skip
     t.add_argument("--config", type=Path, default=None, help="YAML config (see `--dry-run` for the keys)")
     t.add_argument("--model", default=None, help="model preset: spacenit_nano (default), spacenit_tiny, spacenit_base, spacenit_large")
+    t.add_argument("--preset", default=None, metavar="NAME",
+                   help="training preset (replaces the `train` section): spec (the default: global batch 512, micro-batch "
+                        "32, LR 1e-4, 8000 warm-up steps, 300 epochs) or small (200 steps of 16 samples, LR 1e-3)")  # fmt: skip
     from spacenit.train.experiments import EXPERIMENTS
 
     t.add_argument("--experiment-config", default=None, choices=sorted(EXPERIMENTS), metavar="NAME",
@@ -135,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     _renamed(t, "--experiment", "--experiment-config NAME (a named config), or --mlflow-experiment NAME (the MLflow experiment)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")  # fmt: skip
-    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--dry-run", action="store_true", help="print the preset, the values in force and the resolved config, and exit")
     t.add_argument("--tracking-uri", default=None, help=TRACKING_URI_HELP)
     t.add_argument("--mlflow-experiment", default="spacenit", help="MLflow experiment name (default: %(default)s)")
     t.add_argument("--register-as", default="spacenit-encoder", help="registered model name ('' to skip)")
@@ -225,10 +229,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     if args.verb == "pretrain":
-        from spacenit.train.pretrain import build_config, pretrain
+        from spacenit.train.pretrain import build_config, describe_training, pretrain
 
-        cfg = build_config(args.model, args.overrides, args.config, experiment=args.experiment_config)
+        cfg = build_config(args.model, args.overrides, args.config, experiment=args.experiment_config, preset=args.preset)
         if args.dry_run:
+            preset = args.preset or (f"none, the train section of {args.config}" if args.config else "spec (the default)")
+            world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+            print(describe_training(cfg, preset, world, _num_samples(args.dataset_dir)), end="")
             print(cfg.to_yaml(), end="")
             return 0
         result = pretrain(
@@ -241,6 +248,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb in EVALUATION_VERBS:
         return run_evaluation_verb(args)
     raise AssertionError(args.verb)
+
+
+def _num_samples(dataset_dir: Path) -> int | None:
+    """Samples of a converted dataset, or None when `dataset_dir` is not one (yet)."""
+    from spacenit.data.format import DatasetFormatError, load_dataset_info
+
+    try:
+        return len(load_dataset_info(dataset_dir).samples)
+    except DatasetFormatError:  # a dry run may name a dataset that does not exist yet
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

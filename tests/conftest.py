@@ -45,13 +45,12 @@ def synthetic_dataset(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def pretrained(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     """A few pretraining steps on the synthetic dataset, tracked in a sqlite MLflow store."""
-    from spacenit.config import apply_overrides
-    from spacenit.train.pretrain import PretrainConfig, pretrain
+    from spacenit.train.pretrain import build_config, pretrain
 
     root = tmp_path_factory.mktemp("pretrain")
-    cfg = apply_overrides(
-        PretrainConfig(),
-        ["train.steps=4", "train.log_every=1", "train.global_batch_size=8", "model.depth=2", "model.decoder_depth=1"],
+    cfg = build_config(
+        overrides=["train.steps=4", "train.log_every=1", "train.global_batch_size=8", "model.depth=2", "model.decoder_depth=1"],
+        preset="small",
     )
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     result = pretrain(synthetic_dataset, synthetic_dataset / "stats.json", root / "out", cfg, tracking_uri=tracking_uri)

@@ -18,7 +18,7 @@ TEMPLATE = REPO / "manifests" / "base" / "training" / "pytorchjob.yaml"
 #: Every user-facing knob of the pipeline.
 PARAMETERS = [
     "input_dir", "tracking_uri", "experiment", "convert_partitions", "tile_size_px", "layout", "sensor",
-    "steps", "global_batch_size", "model_preset", "pretrain_overrides", "gpus_per_node", "num_nodes",
+    "train_preset", "steps", "global_batch_size", "model_preset", "pretrain_overrides", "gpus_per_node", "num_nodes",
     "gpu_node_selector", "data_pvc", "register_as",
     "alias", "k", "probe_test_fraction", "seed",
 ]  # fmt: skip
@@ -154,6 +154,9 @@ def test_dag(compiled):
 
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(PARAMETERS + RESOURCE_PARAMETERS) <= set(params)
+    # The specification's training values unless a run asks for others (run-local defaults to "small").
+    assert params["train_preset"]["defaultValue"] == "spec"
+    assert params["steps"]["defaultValue"] == 0 == params["global_batch_size"]["defaultValue"]
     # Credentials never travel as parameters.
     for name in params:
         assert not any(word in name for word in ("password", "secret", "token", "access_key")), name
@@ -451,6 +454,7 @@ def test_multinode_step_renders_and_submits_a_pytorchjob(tmp_path, monkeypatch):
         model=model,
         num_nodes=2,
         gpus_per_node=8,
+        train_preset="small",
         steps=10,
         overrides=["train.lr=1e-4"],
         tracking_uri="http://spacenit-mlflow:5000",
@@ -483,12 +487,9 @@ def test_multinode_step_renders_and_submits_a_pytorchjob(tmp_path, monkeypatch):
         ] == ["my-data"]
         # The pods run `spacenit pretrain` with these arguments: the real CLI accepts them.
         args = _parser().parse_args(["pretrain", *container["args"]])
-        assert args.overrides == [
-            "train.steps=10",
-            "train.global_batch_size=16",
-            "train.seed=0",
-            "train.lr=1e-4",
-        ]
+        # global_batch_size=0: the preset's, so no override.
+        assert args.preset == "small"
+        assert args.overrides == ["train.steps=10", "train.seed=0", "train.lr=1e-4"]
         assert args.tracking_uri == "http://spacenit-mlflow:5000"
         assert (
             "accelerate launch" in container["command"][2]
@@ -540,6 +541,7 @@ def test_pretrain_component_launches_accelerate_for_several_gpus(tmp_path, monke
     assert "--multi_gpu" in launch and launch[launch.index("--num_processes") + 1] == "4"
     args = _parser().parse_args(command[command.index("spacenit.cli") + 1 :])
     assert args.verb == "pretrain" and args.register_as == ""
+    assert args.preset == "spec" and args.overrides == ["train.seed=0"]  # the spec's training defaults
     assert model.metadata["world_size"] == 4
     import os
 

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from spacenit.config import apply_overrides
 from spacenit.conversion.convert import convert
 from spacenit.data.format import load_dataset_info
 from spacenit.data.shards import DatasetReader
 from spacenit.data.stats import compute_stats
 from spacenit.evaluation.embed import embed
 from spacenit.evaluation.probe import probe
-from spacenit.train.pretrain import PretrainConfig, pretrain
+from spacenit.train.pretrain import build_config, pretrain
 
 pytestmark = pytest.mark.realdata
 
@@ -41,7 +40,7 @@ def test_eurosat_converts_and_probes(shared_data: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(sample.data["sentinel2_l1c"][grid][0], src.read().astype(np.float32))
 
     compute_stats(tmp_path / "ds", progress=False)
-    cfg = apply_overrides(PretrainConfig(), ["train.steps=5", "train.global_batch_size=16", "model.depth=2", "model.decoder_depth=1"])
+    cfg = build_config(overrides=["train.steps=5", "model.depth=2", "model.decoder_depth=1"], preset="small")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = pretrain(tmp_path / "ds", tmp_path / "ds" / "stats.json", tmp_path / "out", cfg, tracking_uri=uri, register_as=None)
     emb = embed(result.checkpoint_dir, tmp_path / "ds", tmp_path / "emb.zarr", progress=False)

@@ -3,6 +3,7 @@
 `kv_heads` < `heads` shares each key/value head among heads / kv_heads query
 heads (GQA); kv_heads == heads is standard multi-head attention. Optional
 QK-norm (RMSNorm over each head's queries and keys) and RoPE on queries and keys.
+`scale` replaces SDPA's 1/sqrt(head_dim) softmax scale (muP: ModelConfig.attention_scale).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from spacenit.arch.rope import apply_rope
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, kv_heads: int | None = None, dropout: float = 0.0, qk_norm: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, kv_heads: int | None = None, dropout: float = 0.0, qk_norm: bool = False,
+                 scale: float | None = None) -> None:  # fmt: skip
         super().__init__()
         kv_heads = kv_heads or heads
         if dim % heads or heads % kv_heads:
@@ -27,7 +29,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=False)
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.dropout = dropout
+        self.dropout, self.scale = dropout, scale
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, L, D); rope: complex rotations (B, 1, L, head_dim/2); attn_mask (B, 1, 1 or L, L) bool, True = may attend."""
@@ -42,5 +44,6 @@ class Attention(nn.Module):
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.kv_heads != self.heads,
+            scale=self.scale,
         )  # (B, H, L, hd)  # fmt: skip
         return self.proj(out.transpose(1, 2).reshape(B, L, D))  # (B, L, D)

@@ -33,7 +33,8 @@ class Encoder(nn.Module):
         self.tokenizer = MultiSensorTokenizer(sensors, c.tokenization, c.dim, c.base_patch_size, c.reference_gsd_m)
         self.rope = SpatioTemporalRoPE(c.dim // c.heads)
         self.registers = nn.Parameter(torch.randn(c.num_registers, c.dim) * 0.02) if c.num_registers else None
-        self.transformer = TransformerStack(c.dim, c.depth, c.heads, c.kv_heads, c.mlp_ratio, c.dropout, c.qk_norm)
+        self.transformer = TransformerStack(c.dim, c.depth, c.heads, c.kv_heads, c.mlp_ratio, c.dropout, c.qk_norm,
+                                            c.attention_scale(c.dim // c.heads))  # fmt: skip
         self.norm = RMSNorm(c.dim)
         multi = {s: len(gs) for s, gs in self.tokenizer.groups.items() if len(gs) > 1}
         self.merges = nn.ModuleDict({s: BandsetMerge(c.dim, n) for s, n in multi.items()}) if c.merge_bandsets else None

@@ -43,6 +43,10 @@ class ModelConfig(Config):
     output_patch_size: int | None = None
     #: How outputs are upsampled in hybrid mode: "bilinear" or "learned".
     upsampler: str = "bilinear"
+    #: muP (spacenit.train.mup): width-aware init, per-layer learning rates and 1/head_dim attention,
+    #: relative to the model at encoder width `mup_base_dim` (other widths scaled alike, heads kept).
+    mup: bool = False
+    mup_base_dim: int = 128
 
     def __post_init__(self) -> None:
         if self.dim % self.heads or self.decoder_dim % self.decoder_heads:
@@ -55,3 +59,10 @@ class ModelConfig(Config):
             raise ValueError(f"output_patch_size must be a positive number of pixels, got {self.output_patch_size}")
         if self.upsampler not in UPSAMPLERS:
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {self.upsampler!r}")
+        if self.mup_base_dim < 1:
+            raise ValueError(f"mup_base_dim must be a positive width, got {self.mup_base_dim}")
+
+    def attention_scale(self, head_dim: int) -> float | None:
+        """Softmax scale of attention logits: None (SDPA's 1/sqrt(head_dim)) without muP; with it,
+        1/head_dim (Tensor Programs V, section 4) equal to SP at the base width: 1/sqrt(head_dim * m)."""
+        return (head_dim * self.dim / self.mup_base_dim) ** -0.5 if self.mup else None

@@ -32,7 +32,8 @@ class Predictor(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.group_embed, std=0.02)
         self.rope = SpatioTemporalRoPE(c.decoder_dim // c.decoder_heads)
-        self.transformer = TransformerStack(c.decoder_dim, c.decoder_depth, c.decoder_heads, None, c.mlp_ratio, c.dropout, c.qk_norm)
+        self.transformer = TransformerStack(c.decoder_dim, c.decoder_depth, c.decoder_heads, None, c.mlp_ratio, c.dropout,
+                                            c.qk_norm, c.attention_scale(c.decoder_dim // c.decoder_heads))  # fmt: skip
         self.norm = RMSNorm(c.decoder_dim)
         self.output_proj = nn.Linear(c.decoder_dim, c.dim)
         multi = {s: n for s, n in groups_per_sensor.items() if n > 1}

@@ -20,10 +20,10 @@ from spacenit.arch.norm import RMSNorm
 
 class TransformerBlock(nn.Module):
     def __init__(self, dim: int, heads: int, kv_heads: int | None = None, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, qk_norm: bool = False) -> None:  # fmt: skip
+                 dropout: float = 0.0, qk_norm: bool = False, attn_scale: float | None = None) -> None:  # fmt: skip
         super().__init__()
         self.attn_norm = RMSNorm(dim)
-        self.attn = Attention(dim, heads, kv_heads, dropout, qk_norm)
+        self.attn = Attention(dim, heads, kv_heads, dropout, qk_norm, attn_scale)
         self.ffn_norm = RMSNorm(dim)
         self.ffn = SwiGLU(dim, mlp_ratio, dropout)
 
@@ -33,12 +33,17 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """`depth` blocks; `forward` runs blocks[start:stop] so a caller can act between layers (mid-layer merge)."""
+    """`depth` blocks; `forward` runs blocks[start:stop] so a caller can act between layers (mid-layer merge).
+
+    Matrices start at std 0.02 whatever the width (muP rescales them: spacenit.train.mup);
+    `attn_scale` is the attention softmax scale (None: 1/sqrt(head_dim)).
+    """
 
     def __init__(self, dim: int, depth: int, heads: int, kv_heads: int | None = None, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, qk_norm: bool = False) -> None:  # fmt: skip
+                 dropout: float = 0.0, qk_norm: bool = False, attn_scale: float | None = None) -> None:  # fmt: skip
         super().__init__()
-        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, kv_heads, mlp_ratio, dropout, qk_norm) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, kv_heads, mlp_ratio, dropout, qk_norm, attn_scale)
+                                    for _ in range(depth))  # fmt: skip
         for name, p in self.named_parameters():
             if p.ndim == 2:
                 nn.init.trunc_normal_(p, std=0.02)

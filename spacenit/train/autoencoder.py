@@ -45,7 +45,8 @@ class PixelDecoder(nn.Module):
         self.group_embed = nn.Parameter(torch.randn(num_groups, c.decoder_dim) * 0.02)
         self.num_cls_tokens = num_cls_tokens
         self.rope = SpatioTemporalRoPE(c.decoder_dim // c.decoder_heads)
-        self.transformer = TransformerStack(c.decoder_dim, c.decoder_depth, c.decoder_heads, None, c.mlp_ratio, c.dropout, c.qk_norm)
+        self.transformer = TransformerStack(c.decoder_dim, c.decoder_depth, c.decoder_heads, None, c.mlp_ratio, c.dropout,
+                                            c.qk_norm, c.attention_scale(c.decoder_dim // c.decoder_heads))  # fmt: skip
         self.norm = RMSNorm(c.decoder_dim)
 
     def forward(self, encoded: torch.Tensor, visible: torch.Tensor, predict: torch.Tensor, layout,

@@ -30,7 +30,10 @@ from spacenit.config import (
 
 PRETRAIN_RULES: Mapping[str, Rule] = {
     # train: optimization and run settings
-    "train.steps": at_least(1),
+    "train.steps": optional(at_least(1)),
+    "train.epochs": optional(at_least(1)),
+    "train.optimizer": one_of("adamw", "muon"),
+    "train.muon_momentum": fraction(closed_high=False),
     "train.global_batch_size": at_least(1),
     "train.micro_batch_size": optional(at_least(1)),
     "train.lr": positive(),
@@ -62,6 +65,7 @@ PRETRAIN_RULES: Mapping[str, Rule] = {
     "model.dropout": fraction(closed_high=False),
     "model.num_registers": at_least(0),
     "model.reference_gsd_m": positive(),
+    "model.mup_base_dim": at_least(1),
     # data loading
     "data.min_patch_size": at_least(1),
     "data.max_patch_size": at_least(1),

@@ -13,6 +13,12 @@ Output layout:
     output_dir/checkpoints/step-N/     training checkpoints; a re-run resumes from the newest
     output_dir/pretrain_summary.json   run id, model URI, world size, per-rank parameter checksums
     output_dir/mlflow_metrics.jsonl    every logged metric, also when MLflow was unreachable
+
+The `train` defaults are the specification's (section 7: global batch 512 in
+micro-batches of 32, LR 1e-4 after 8000 warm-up steps, 300 epochs); the
+"small" preset (`--preset small`, `build_config(preset="small")`) is a short
+run for demos, tests and CPU benchmarks. `describe_training` says which
+preset and which values are in force (`--dry-run` prints it).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -43,6 +49,7 @@ from spacenit.data.loader import (
 from spacenit.data.masking import MaskingConfig
 from spacenit.data.stats import load_stats
 from spacenit.io_errors import check_writable
+from spacenit.train import mup
 from spacenit.train.checkpoint import (
     CHECKPOINTS_DIR,
     Checkpointer,
@@ -54,8 +61,9 @@ from spacenit.train.checkpoint import (
 )
 from spacenit.train.config_rules import PRETRAIN_RULES, check_sensor_names
 from spacenit.train.module import ObjectiveConfig
+from spacenit.train.optim import build_optimizer
 from spacenit.train.schedules import warmup_cosine
-from spacenit.train.trainer import Trainer, param_groups
+from spacenit.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +72,28 @@ SUMMARY_JSON = "pretrain_summary.json"
 
 @dataclass
 class TrainConfig(Config):
-    """Optimization and run settings. Batch sizes count samples; steps count optimizer steps."""
+    """Optimization and run settings; the defaults are the specification's (section 7).
 
-    steps: int = 200
-    #: Samples per optimizer step over all processes.
-    global_batch_size: int = 16
-    #: Samples per forward pass on one process; None = global_batch_size / processes. Smaller
-    #: values accumulate gradients over global_batch_size / (processes * micro_batch_size) passes.
-    micro_batch_size: int | None = None
+    Batch sizes count samples; steps count optimizer steps.
+    """
+
+    #: Duration in epochs: passes over the dataset of len(dataset) // global_batch_size steps each...
+    epochs: int | None = 300
+    #: ...or in optimizer steps, which replace `epochs` when set.
+    steps: int | None = None
+    #: Samples per optimizer step over all processes: micro_batch_size x processes x accumulation steps.
+    global_batch_size: int = 512
+    #: Samples per forward pass on one process; None = global_batch_size / processes (no accumulation).
+    micro_batch_size: int | None = 32
     #: Peak learning rate, reached after `warmup_steps`, then cosine decay to lr * min_lr_ratio.
-    lr: float = 1e-3
+    lr: float = 1e-4
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    #: AdamW weight decay (never on norms, biases, embeddings and tokens).
+    warmup_steps: int = 8000
+    #: "adamw", or "muon": Muon for the transformer blocks' hidden matrices, AdamW for the rest
+    #: (spacenit.train.optim); both at `lr`.
+    optimizer: str = "adamw"
+    muon_momentum: float = 0.95
+    #: Decoupled weight decay (never on norms, biases, embeddings and tokens).
     weight_decay: float = 0.02
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     #: Gradient clipping by global norm; None = no clipping.
@@ -103,6 +120,64 @@ class TrainConfig(Config):
     #: dataset `probe_dataset` (default: the training dataset), logged as eval/knn_accuracy.
     probe_every: int = 0
     probe_dataset: str | None = None
+
+
+#: Named `train` sections (`--preset`): "spec" is the specification's section 7 (the defaults);
+#: "small" is a short run for demos, tests and CPU benchmarks (200 steps of 16 samples, LR 1e-3).
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "spec": TrainConfig(),
+    "small": TrainConfig(epochs=None, steps=200, global_batch_size=16, micro_batch_size=None, lr=1e-3, warmup_steps=20),
+}
+
+
+def batch_split(tc: TrainConfig, world_size: int) -> tuple[int, int]:
+    """(micro-batch, accumulation steps), with global batch = micro-batch x processes x accumulation steps."""
+    micro = tc.micro_batch_size or tc.global_batch_size // world_size
+    if micro < 1 or tc.global_batch_size % (micro * world_size):
+        raise ConfigError(f"train.global_batch_size={tc.global_batch_size} must be train.micro_batch_size={micro} x "
+                          f"{world_size} process(es) x a whole number of accumulation steps: make it a multiple of "
+                          f"{micro * world_size}, or change the micro-batch size")  # fmt: skip
+    return micro, tc.global_batch_size // (micro * world_size)
+
+
+def total_steps(tc: TrainConfig, num_samples: int) -> int:
+    """Optimizer steps of the run: `train.steps`, or `train.epochs` whole epochs (the remainder of each is dropped)."""
+    if tc.steps is not None:
+        return tc.steps
+    if num_samples < tc.global_batch_size:
+        raise ConfigError(f"the dataset has {num_samples} samples, fewer than one global batch "
+                          f"(train.global_batch_size={tc.global_batch_size}): lower it, or use --preset small")  # fmt: skip
+    return tc.epochs * (num_samples // tc.global_batch_size)
+
+
+def describe_training(cfg: PretrainConfig, preset: str, world_size: int = 1, num_samples: int | None = None) -> str:
+    """What `--dry-run` prints above the config: the preset and the values in force, as YAML comments.
+
+    Raises ConfigError for values `pretrain` would refuse."""
+    cfg = PretrainConfig.from_dict(cfg.to_dict())  # refuses what pretrain would, with the same messages
+    tc = cfg.train
+    micro, accum = batch_split(tc, world_size)
+    if tc.steps is not None:
+        unused = f"; train.epochs={tc.epochs} not used" if tc.epochs is not None else ""
+        duration = f"{tc.steps} steps (train.steps{unused})"
+    elif num_samples is None:
+        duration = f"{tc.epochs} epochs (train.epochs; steps per epoch: dataset samples // {tc.global_batch_size})"
+    elif num_samples < tc.global_batch_size:
+        duration = f"{tc.epochs} epochs, but the dataset's {num_samples} samples are fewer than one global batch of " \
+                   f"{tc.global_batch_size}: lower train.global_batch_size, or use --preset small"  # fmt: skip
+    else:
+        duration = f"{tc.epochs} epochs x {num_samples // tc.global_batch_size} steps = {total_steps(tc, num_samples)} steps " \
+                   f"({num_samples} samples)"  # fmt: skip
+    optimizer = tc.optimizer + (f" (momentum {tc.muon_momentum})" if tc.optimizer == "muon" else "")
+    lines = [
+        f"training preset: {preset}",
+        f"duration: {duration}",
+        f"batch: global {tc.global_batch_size} = micro {micro} x {world_size} process(es) x {accum} accumulation step(s)",
+        f"optimizer: {optimizer}, lr {tc.lr:g} after {tc.warmup_steps} warm-up steps, cosine to {tc.lr * tc.min_lr_ratio:g}, "
+        f"weight decay {tc.weight_decay:g}",
+        f"model: dim {cfg.model.dim}, depth {cfg.model.depth}" + (f", muP from base width {cfg.model.mup_base_dim}" if cfg.model.mup else ""),
+    ]  # fmt: skip
+    return "".join(f"# {line}\n" for line in lines)
 
 
 @dataclass
@@ -135,14 +210,18 @@ class PretrainConfig(Config):
         if self.data.min_patch_size > self.data.max_patch_size:
             raise ConfigError(f"data.min_patch_size={self.data.min_patch_size} is above data.max_patch_size="
                               f"{self.data.max_patch_size}; it must be at most that")  # fmt: skip
+        if self.train.steps is None and self.train.epochs is None:
+            raise ConfigError("set the run's duration: train.epochs or train.steps")
         if self.train.probe_every and self.train.distributed == "fsdp":
             raise ConfigError("the in-loop probe runs on the main process alone, which FSDP cannot: set train.probe_every=0")
 
 
 def build_config(model_preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-                 config_path: str | Path | None = None, experiment: str | None = None) -> PretrainConfig:  # fmt: skip
-    """The resolved config: YAML file (or defaults), then a model preset (replaces `model`),
-    then a named experiment (spacenit.train.experiments), then dotted overrides."""
+                 config_path: str | Path | None = None, experiment: str | None = None,
+                 preset: str | None = None) -> PretrainConfig:  # fmt: skip
+    """The resolved config: YAML file (or defaults), then a model preset (replaces `model`), then a
+    training preset (TRAIN_PRESETS; replaces `train`), then a named experiment
+    (spacenit.train.experiments), then dotted overrides."""
     from spacenit.arch.models import PRESETS
     from spacenit.config import apply_overrides
     from spacenit.train.experiments import apply_experiment
@@ -152,6 +231,10 @@ def build_config(model_preset: str | None = None, overrides: list[str] | tuple[s
         if model_preset not in PRESETS:
             raise KeyError(f"unknown model preset {model_preset!r}; presets: {sorted(PRESETS)}")
         cfg.model = PRESETS[model_preset]
+    if preset:
+        if preset not in TRAIN_PRESETS:
+            raise KeyError(f"unknown training preset {preset!r}; presets: {sorted(TRAIN_PRESETS)}")
+        cfg.train = replace(TRAIN_PRESETS[preset])
     if experiment:
         cfg = apply_experiment(cfg, experiment)
     return apply_overrides(cfg, list(overrides))
@@ -199,23 +282,31 @@ def pretrain(
 
     check_sensor_names(config, load_dataset_info(dataset_dir).sensors, dataset_dir)
     dataset = GeoTileDataset(dataset_dir, stats, sensors=config.data.sensors)
-    micro = tc.micro_batch_size or tc.global_batch_size // world
-    if tc.global_batch_size % (world * micro):
-        raise ConfigError(f"train.global_batch_size={tc.global_batch_size} must divide into {world} processes x "
-                          f"micro-batches of {micro} samples")  # fmt: skip
-    planner = BatchPlanner(len(dataset), tc.global_batch_size, micro, pretrain_geometry(dataset, config.model),
-                           config.data, tc.seed)  # fmt: skip
-    accum = planner.micro_batches_per_step // world
+    micro, accum = batch_split(tc, world)
+    steps = total_steps(tc, len(dataset))
+    if steps < tc.warmup_steps:
+        log.warning("the run's %d steps end inside the %d warm-up steps: the learning rate never reaches train.lr=%g",
+                    steps, tc.warmup_steps, tc.lr)  # fmt: skip
+    planner = BatchPlanner(len(dataset), tc.global_batch_size, micro, pretrain_geometry(dataset, config.model), config.data, tc.seed)
 
     sensors = [dataset.reader.info.sensors[name] for name in dataset.sensor_names]
+
+    def build_module(model_config: ModelConfig) -> torch.nn.Module:
+        return config.objective.build(SpaceNitModel(model_config, sensors), config.masking.build(), total_steps=steps)
+
     torch.manual_seed(tc.seed)  # the same initial weights on every process
-    model = SpaceNitModel(config.model, sensors)
-    module = config.objective.build(model, config.masking.build(), total_steps=tc.steps)
+    module = build_module(config.model)
+    model = module.model
+    lr_scale = None
+    if config.model.mup:
+        roles = mup.width_roles(module, config.model, build_module)
+        mup.initialize(module, roles)
+        lr_scale = lambda name, muon: roles[name].lr_scale(muon)  # noqa: E731
     if tc.compile:
         for block in [*model.encoder.transformer.blocks, *model.predictor.transformer.blocks]:
             block.compile(dynamic=True)
-    optimizer = torch.optim.AdamW(param_groups(module, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, tc.steps, tc.min_lr_ratio))
+    optimizer = build_optimizer(module, tc, lr_scale)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tc.warmup_steps, steps, tc.min_lr_ratio))
     # The scheduler stays unprepared: accelerate would step it once per process.
     module, optimizer = accelerator.prepare(module, optimizer)
 
@@ -247,16 +338,16 @@ def pretrain(
             log_system_metrics=config.tracking.log_system_metrics, log_checkpoints=config.tracking.log_checkpoints,
             flush_timeout_s=config.tracking.flush_timeout_s, max_retry_interval_s=config.tracking.max_retry_interval_s,
         )  # fmt: skip
-        callbacks += [ProgressBar(tc.steps), mlflow_cb]
+        callbacks += [ProgressBar(steps), mlflow_cb]
     checkpointer = Checkpointer(output_dir / CHECKPOINTS_DIR, tc.checkpoint_every, keep=tc.keep_checkpoints,
                                 resume_from=resume_from, extra_state=extra_state)  # fmt: skip
     callbacks.append(checkpointer)
 
     def make_loader(start_step: int):
         return build_pretrain_loader(dataset, planner, config.data, rank=rank, world_size=world,
-                                     start_step=start_step, total_steps=tc.steps)  # fmt: skip
+                                     start_step=start_step, total_steps=steps)  # fmt: skip
 
-    trainer = Trainer(module, optimizer, scheduler, make_loader, accelerator, total_steps=tc.steps, accum_steps=accum,
+    trainer = Trainer(module, optimizer, scheduler, make_loader, accelerator, total_steps=steps, accum_steps=accum,
                       seed=tc.seed, max_grad_norm=tc.max_grad_norm, log_every=tc.log_every, callbacks=callbacks)  # fmt: skip
     try:
         checkpointer.restore(trainer)
@@ -265,7 +356,7 @@ def pretrain(
         trained = _export_model(accelerator, module, config, sensors)
         result = PretrainResult(output_dir / "checkpoint", None, None, None, float(metrics.get("loss", float("nan"))), world)
         if accelerator.is_main_process:
-            extra = {"trained_steps": tc.steps, "dataset": str(dataset.reader.root), "gsd_m": dataset.reader.info.gsd_m,
+            extra = {"trained_steps": steps, "dataset": str(dataset.reader.root), "gsd_m": dataset.reader.info.gsd_m,
                      "resumed_from": str(resume_from or ""),
                      "nonfinite_steps": trainer.nonfinite_steps}  # fmt: skip
             result = _finish(trained, result, config, stats, dataset, checksums, extra, register_as, alias)

@@ -58,17 +58,6 @@ class Callback:
     def on_train_end(self, trainer: Trainer) -> None: ...
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on norms, biases and embeddings (1-D parameters, tables)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        (no_decay if p.ndim < 2 or "embed" in leaf or leaf in ("mask_token", "queries", "registers") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 #: Module outputs that count things per micro-batch (summed over a step, not averaged).
 COUNTERS = ("tokens",)
 
@@ -167,7 +156,8 @@ class Trainer:
             self.optimizer.step()
             self.unwrapped.after_optimizer_step()
         self.optimizer.zero_grad(set_to_none=True)
-        lr = self._last_lr = self.scheduler.get_last_lr()[0]  # the rate this step used
+        # The rate this step used; muP groups run at multiples (`lr_scale`) of it.
+        lr = self._last_lr = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
         self.scheduler.step()
         step_metrics = {"loss": float(step_sums["loss"]), "grad_norm": float(grad_norm), "lr": lr}
         if not finite:
