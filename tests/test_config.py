@@ -20,7 +20,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
 
 
 def test_override_type_is_checked() -> None:
-    with pytest.raises(ConfigError, match="train.steps: .many. does not fit"):
+    with pytest.raises(ConfigError, match="train.steps: expected int, got .many."):
         apply_overrides(PretrainConfig(), ["train.steps=many"])
 
 
