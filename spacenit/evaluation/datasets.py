@@ -57,7 +57,7 @@ class Task:
     #: (N,) class index, or (N, C) 0/1 for multi-label tasks.
     targets: np.ndarray
     class_names: list[str]
-    #: Per sample "train" / "val" / "test" / None, as the data provides it.
+    #: Per sample "train" / "val" / "test" / None: the data's split names, normalized (`splits.normalize_split`).
     splits: list[str | None]
     #: HOLDOUT (the data's split, else a stratified one), CROSSFIT (k folds) or TRANSFER (`fold`).
     protocol: str = HOLDOUT
