@@ -261,3 +261,18 @@ def test_readers_refuse_folders_of_another_layout(fixtures: Path, tmp_path: Path
         prepare_mados(fixtures / "pastis", tmp_path / "c")
     with pytest.raises(GeoBenchError, match="default_partition.json"):
         prepare_geobench(fixtures / "geobench", tmp_path / "d")
+
+
+def test_a_failed_conversion_is_redone_not_reused(fixtures: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from spacenit.conversion.sen1floods11 import Sen1Floods11Error
+
+    source = shutil.copytree(fixtures / "sen1floods11", tmp_path / "src")
+    chip = source / "v1.1" / "data" / "flood_events" / "HandLabeled" / "S2Hand" / "Spain_6537196_S2Hand.tif"
+    kept = chip.rename(tmp_path / chip.name)
+    with pytest.raises(Sen1Floods11Error, match="1 Sen1Floods11 chip.*Spain_6537196"):
+        prepare_sen1floods11(source, tmp_path / "out")
+    kept.rename(chip)
+    reader = DatasetReader(prepare_sen1floods11(source, tmp_path / "out"))  # converted again, not the partial result
+    assert "Spain_6537196" in [r.id for r in reader.records] and reader.info.label_raster.classes == ["not water", "water"]

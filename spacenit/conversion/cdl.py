@@ -26,8 +26,8 @@ import rasterio
 
 from spacenit.conversion.convert import convert
 from spacenit.conversion.discover import discover
-from spacenit.conversion.label_classes import name_label_classes
-from spacenit.data.format import DATASET_JSON, DatasetFormatError
+from spacenit.conversion.label_classes import has_label_classes, name_label_classes
+from spacenit.data.format import DatasetFormatError
 
 IMAGERY = "imagery"
 GSD_M = 10.0
@@ -88,7 +88,7 @@ def prepare_cdl(source: str | Path, out: str | Path, *, tile_size_px: int | None
     `tile_size_px` defaults to the first chip's side, rounded down to a multiple of 3 (whole 30 m pixels).
     """
     source, out = Path(source), Path(out)
-    if (out / DATASET_JSON).is_file():
+    if has_label_classes(out, CDL_CLASSES):
         return out
     cdl = find_cdl(source)
     if not (source / IMAGERY).is_dir():

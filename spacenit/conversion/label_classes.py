@@ -27,3 +27,13 @@ def name_label_classes(dataset_dir: str | Path, classes: list[str]) -> None:
             raise DatasetFormatError(f"{dataset_dir} has no label rasters to name classes of")
         info.label_raster = replace(info.label_raster, classes=list(classes))
         save_dataset_info(dataset_dir, info)
+
+
+def has_label_classes(dataset_dir: str | Path, classes: list[str]) -> bool:
+    """Whether `dataset_dir` is a finished dataset whose label rasters carry these class names (the
+    last step of a reader that converts, then names): a failed or interrupted run is done again."""
+    try:
+        info = load_dataset_info(dataset_dir)
+    except DatasetFormatError:
+        return False
+    return info.label_raster is not None and info.label_raster.classes == list(classes)

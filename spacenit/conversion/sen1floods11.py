@@ -24,8 +24,8 @@ from pathlib import Path
 import rasterio
 
 from spacenit.conversion.convert import convert
-from spacenit.conversion.label_classes import name_label_classes
-from spacenit.data.format import DATASET_JSON, DatasetFormatError
+from spacenit.conversion.label_classes import has_label_classes, name_label_classes
+from spacenit.data.format import DatasetFormatError
 from spacenit.sensors import SENTINEL1, SENTINEL2_L1C
 
 HANDLABELED = Path("data/flood_events/HandLabeled")
@@ -54,7 +54,7 @@ def prepare_sen1floods11(source: str | Path, out: str | Path, *, bolivia: bool =
     """Convert the hand-labelled chips of the train/valid/test splits (or, with `bolivia`, the Bolivia
     chips) into a dataset at `out`, unless one is there."""
     out = Path(out)
-    if (out / DATASET_JSON).is_file():
+    if has_label_classes(out, CLASSES):
         return out
     root = release_root(Path(source))
     parts = {"test": BOLIVIA_FILE} if bolivia else SPLIT_FILES
