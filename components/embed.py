@@ -4,10 +4,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def embed(
     model: Input[Model],
     dataset: Input[Dataset],

@@ -4,10 +4,10 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def merge(parts: Input[list[Dataset]], dataset: Output[Dataset]):
     """Merge the partial datasets `parts` (one per convert partition) into `dataset.path`."""
     from pathlib import Path

@@ -12,10 +12,10 @@ another task's output) and closes it with the pipeline's final state.
 from kfp import dsl
 from kfp.dsl import PipelineTaskFinalStatus
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def start_run(
     kfp_run_id: str,
     kfp_run_name: str,
@@ -55,7 +55,7 @@ def start_run(
     return run_id
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def end_run(
     kfp_run_id: str,
     status: PipelineTaskFinalStatus,

@@ -3,7 +3,7 @@
 With `gpus_per_node` <= 1 it calls the stage function in this process; with more
 it runs `accelerate launch --multi_gpu --num_processes N -m spacenit.cli pretrain
 ...` (one process per GPU) and reads back the summary the main process wrote.
-The pipeline runs it in `spacenit.IMAGE_CUDA` when GPUs are requested. Across
+The pipeline runs it in the CUDA image (components/image.py) when GPUs are requested. Across
 nodes, see `components/pretrain_multinode.py`.
 """
 
@@ -11,10 +11,10 @@ nodes, see `components/pretrain_multinode.py`.
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pretrain(
     dataset: Input[Dataset],
     stats: Input[Artifact],

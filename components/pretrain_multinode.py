@@ -16,16 +16,18 @@ The step itself needs no GPU, only a service account that may create PyTorchJobs
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-import spacenit
+from components.image import IMAGE
 
 #: Where the pipeline mounts the ConfigMap holding the job template.
 TEMPLATE_MOUNT = "/etc/spacenit/training"
 TEMPLATE_PATH = f"{TEMPLATE_MOUNT}/pytorchjob.yaml"
 #: Where the pipeline mounts the shared data PVC, in this step and in the job's pods.
 DATA_MOUNT = "/data"
+# The step runs as its function's source alone (KFP's ephemeral module): its defaults must
+# be literals, not these names; tests/test_pipeline.py checks they agree.
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def pretrain_multinode(
     dataset: Input[Dataset],
     stats: Input[Artifact],
@@ -42,15 +44,17 @@ def pretrain_multinode(
     parent_run_id: str = "",
     register_as: str = "spacenit-encoder",
     alias: str = "champion",
-    image: str = spacenit.IMAGE_CUDA,
+    image: str = "",
     data_pvc: str = "spacenit-data",
-    scratch_dir: str = DATA_MOUNT + "/spacenit-jobs",
-    template_path: str = TEMPLATE_PATH,
+    scratch_dir: str = "/data/spacenit-jobs",
+    template_path: str = "/etc/spacenit/training/pytorchjob.yaml",
     namespace: str = "",
     timeout_s: int = 7 * 24 * 3600,
     poll_s: int = 30,
 ):
     """Pretrain on `num_nodes` x `gpus_per_node` GPUs as a PyTorchJob; the checkpoint lands in `model.path`.
+
+    `image` is the job's (the pipeline passes the CUDA image of components/image.py).
 
     `scratch_dir` must lie on the PVC `data_pvc`, mounted here and in the job's pods
     at the same path. An empty `namespace` is this pod's own. The job is deleted on
@@ -68,6 +72,8 @@ def pretrain_multinode(
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
 
+    if not image:
+        raise ValueError("pretrain_multinode needs the job's `image` (the SpaceNit CUDA image)")
     if num_nodes < 2 or gpus_per_node < 1:
         raise ValueError(
             f"a multi-node job needs num_nodes >= 2 and gpus_per_node >= 1, got {num_nodes} x {gpus_per_node}"

@@ -4,10 +4,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def probe(
     embeddings: Input[Dataset],
     metrics: Output[Metrics],

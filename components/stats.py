@@ -4,10 +4,10 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
 
-import spacenit
+from components.image import IMAGE
 
 
-@dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def stats(dataset: Input[Dataset], stats: Output[Artifact]):
     """Write the per-sensor, per-band statistics of `dataset` as the JSON file `stats.path`."""
     from spacenit.data.stats import compute_stats

@@ -12,9 +12,12 @@ server.
 
 The DAG, inside an exit handler that closes the pipeline's MLflow run:
 
-    start-run -> partition-indices -> ParallelFor(convert) -> merge -> stats
+    start-run, fingerprint-input, partition-indices -> ParallelFor(convert) -> merge -> stats
         -> one of: pretrain (CPU) | pretrain on N GPUs (CUDA image) | pretrain-multinode (PyTorchJob)
         -> evaluate: embed -> probe
+
+`fingerprint-input` hashes the file list under `input_dir` (paths, sizes, mtimes) and
+feeds it to convert, so convert's cache key changes when the input does.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
@@ -28,10 +31,12 @@ from pathlib import Path
 
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Dataset, Model
+from kfp.dsl.pipeline_channel import PipelineChannel
 
-import spacenit
 from components.convert import convert_op, partition_indices_op
 from components.embed import embed_op
+from components.fingerprint import fingerprint_input_op
+from components.image import IMAGE_CUDA
 from components.merge import merge_op
 from components.mlflow_run import end_run_op, start_run_op
 from components.pretrain import pretrain_op
@@ -53,14 +58,55 @@ OBJECT_STORE_KEYS = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_EN
 TRAINING_TEMPLATE_CONFIGMAP = "spacenit-training-template"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
-# Requests of the pretraining pod. Constants: kfp 2.17 compiles a pipeline parameter used
-# only in a resource request inside a dsl.If into a reference the branch never receives.
-PRETRAIN_CPU = "8"
-PRETRAIN_MEMORY = "32G"
+
+#: The trial cluster of docs/deploy.md (one kind or minikube node), and what of it Kubernetes'
+#: own pods, Kubeflow Pipelines and the dev overlay's MLflow + PostgreSQL take: the default
+#: requests of the steps that run at once must fit in the rest.
+TRIAL_NODE = {"cpu": "4", "memory": "8Gi"}
+TRIAL_NODE_RESERVED = {"cpu": "2500m", "memory": "5Gi"}
+#: Default requests and limits (cpu request, cpu limit, memory request, memory limit) of
+#: each group of steps, each a pipeline parameter `<group>_{cpu,memory}_{request,limit}`.
+#: Sized so that a run schedules on the trial cluster of docs/deploy.md (one node, 4 CPU,
+#: 8 GiB, beside Kubeflow Pipelines and MLflow), `convert_partitions` = 4 converts at once
+#: included; `gpu_pretrain` is for GPU nodes. tests/test_pipeline.py checks the sums.
+RESOURCES = {
+    # start-run, end-run, partition-indices, fingerprint, and the step that submits a PyTorchJob
+    "control": ("100m", "500m", "256Mi", "1Gi"),
+    "convert": ("250m", "1", "512Mi", "2Gi"),
+    "merge": ("250m", "1", "512Mi", "2Gi"),
+    "stats": ("250m", "1", "512Mi", "2Gi"),
+    "pretrain": ("1", "2", "2Gi", "4Gi"),
+    "gpu_pretrain": ("4", "8", "16Gi", "32Gi"),
+    "embed": ("500m", "2", "1Gi", "4Gi"),
+    "probe": ("250m", "1", "512Mi", "2Gi"),
+}
+
+
+def _sized(
+    task: dsl.PipelineTask, cpu_request, cpu_limit, memory_request, memory_limit
+) -> dsl.PipelineTask:
+    """Requests and limits from pipeline parameters (limits too: a step never takes the whole node).
+
+    The parameters are registered as the task's inputs: kfp 2.17 does not pass a parameter
+    used only in a resource setting into a dsl.If or ParallelFor sub-DAG otherwise
+    (tests/test_pipeline.py::test_reference_check_catches_a_parameter_lost_in_a_branch).
+    """
+    sizes = (cpu_request, cpu_limit, memory_request, memory_limit)
+    task.register_pipeline_channels([s for s in sizes if isinstance(s, PipelineChannel)])
+    return (
+        task.set_cpu_request(cpu_request)
+        .set_cpu_limit(cpu_limit)
+        .set_memory_request(memory_request)
+        .set_memory_limit(memory_limit)
+    )
 
 
 def _with_mlflow_secrets(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Credentials as env from Kubernetes secrets (optional: a store without auth needs none)."""
+    """Credentials as env from Kubernetes secrets.
+
+    Optional for the pod to start; a step that needs MLflow and finds no tracking URI
+    fails with a message naming the Secret (spacenit/train/tracking.py).
+    """
     kubernetes.use_secret_as_env(
         task, MLFLOW_SECRET, {k: k for k in MLFLOW_SECRET_KEYS}, optional=True
     )
@@ -87,9 +133,17 @@ def evaluate(
     tracking_uri: str,
     experiment: str,
     parent_run_id: str,
+    embed_cpu_request: str,
+    embed_cpu_limit: str,
+    embed_memory_request: str,
+    embed_memory_limit: str,
+    probe_cpu_request: str,
+    probe_cpu_limit: str,
+    probe_memory_request: str,
+    probe_memory_limit: str,
 ):
     embed_task = embed_op(model=model, dataset=dataset)
-    embed_task.set_cpu_request("2").set_memory_request("8G")
+    _sized(embed_task, embed_cpu_request, embed_cpu_limit, embed_memory_request, embed_memory_limit)
     _io_retries(embed_task)
 
     probe_task = probe_op(
@@ -103,7 +157,7 @@ def evaluate(
     )
     # It logs a run under this pipeline run: a cached result would log nothing.
     probe_task.set_caching_options(False)
-    probe_task.set_cpu_request("1").set_memory_request("4G")
+    _sized(probe_task, probe_cpu_request, probe_cpu_limit, probe_memory_request, probe_memory_limit)
     _with_mlflow_secrets(_io_retries(probe_task))
 
 
@@ -116,7 +170,7 @@ def spacenit_pipeline(
     tracking_uri: str = "",
     experiment: str = PIPELINE_NAME,
     convert_partitions: int = 4,
-    tile_size_px: int = 64,
+    tile_size_px: int = 0,
     tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
@@ -133,23 +187,60 @@ def spacenit_pipeline(
     k: int = 20,
     probe_test_fraction: float = 0.3,
     seed: int = 0,
+    control_cpu_request: str = RESOURCES["control"][0],
+    control_cpu_limit: str = RESOURCES["control"][1],
+    control_memory_request: str = RESOURCES["control"][2],
+    control_memory_limit: str = RESOURCES["control"][3],
+    convert_cpu_request: str = RESOURCES["convert"][0],
+    convert_cpu_limit: str = RESOURCES["convert"][1],
+    convert_memory_request: str = RESOURCES["convert"][2],
+    convert_memory_limit: str = RESOURCES["convert"][3],
+    merge_cpu_request: str = RESOURCES["merge"][0],
+    merge_cpu_limit: str = RESOURCES["merge"][1],
+    merge_memory_request: str = RESOURCES["merge"][2],
+    merge_memory_limit: str = RESOURCES["merge"][3],
+    stats_cpu_request: str = RESOURCES["stats"][0],
+    stats_cpu_limit: str = RESOURCES["stats"][1],
+    stats_memory_request: str = RESOURCES["stats"][2],
+    stats_memory_limit: str = RESOURCES["stats"][3],
+    pretrain_cpu_request: str = RESOURCES["pretrain"][0],
+    pretrain_cpu_limit: str = RESOURCES["pretrain"][1],
+    pretrain_memory_request: str = RESOURCES["pretrain"][2],
+    pretrain_memory_limit: str = RESOURCES["pretrain"][3],
+    gpu_pretrain_cpu_request: str = RESOURCES["gpu_pretrain"][0],
+    gpu_pretrain_cpu_limit: str = RESOURCES["gpu_pretrain"][1],
+    gpu_pretrain_memory_request: str = RESOURCES["gpu_pretrain"][2],
+    gpu_pretrain_memory_limit: str = RESOURCES["gpu_pretrain"][3],
+    embed_cpu_request: str = RESOURCES["embed"][0],
+    embed_cpu_limit: str = RESOURCES["embed"][1],
+    embed_memory_request: str = RESOURCES["embed"][2],
+    embed_memory_limit: str = RESOURCES["embed"][3],
+    probe_cpu_request: str = RESOURCES["probe"][0],
+    probe_cpu_limit: str = RESOURCES["probe"][1],
+    probe_memory_request: str = RESOURCES["probe"][2],
+    probe_memory_limit: str = RESOURCES["probe"][3],
 ):
-    """Every user-facing knob is a parameter; credentials come from Kubernetes secrets, never from here.
+    """Every knob is a parameter; credentials come from Kubernetes secrets, never from here.
 
     `input_dir` is a directory of GeoTIFFs on the shared data PVC `data_pvc`, which
-    the convert steps mount at /data. `experiment` is the MLflow experiment (one per
-    pipeline by default); an empty `tracking_uri` means $MLFLOW_TRACKING_URI of the
-    steps (from the `spacenit-mlflow-client` secret). `gpus_per_node` = 0 trains on
-    CPU; > 0 trains in the CUDA image with `accelerate launch` on that many GPUs;
-    with `num_nodes` > 1 a PyTorchJob trains on num_nodes x gpus_per_node GPUs.
+    the fingerprint and convert steps mount at /data. `experiment` is the MLflow
+    experiment (one per pipeline by default); an empty `tracking_uri` means
+    $MLFLOW_TRACKING_URI of the steps (from the `spacenit-mlflow-client` secret; a
+    step that needs MLflow fails without one). `gpus_per_node` = 0 trains on CPU; > 0
+    trains in the CUDA image with `accelerate launch` on that many GPUs; with
+    `num_nodes` > 1 a PyTorchJob trains on num_nodes x gpus_per_node GPUs.
     `gpu_node_selector` (e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"})
     picks the GPU nodes. `tile_scenes` splits rasters larger than one tile into one
-    sample per tile (see docs/format.md).
+    sample per tile (see docs/format.md). `<group>_{cpu,memory}_{request,limit}` size
+    the steps (see RESOURCES).
     """
+    control = dict(cpu_request=control_cpu_request, cpu_limit=control_cpu_limit,
+                   memory_request=control_memory_request, memory_limit=control_memory_limit)  # fmt: skip
     end_task = end_run_op(
         kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, tracking_uri=tracking_uri, experiment=experiment
     )
     end_task.set_caching_options(False)
+    _sized(end_task, **control)
     _with_mlflow_secrets(_io_retries(end_task))
     with dsl.ExitHandler(end_task, name="tracked-run"):
         run_task = start_run_op(
@@ -168,14 +259,24 @@ def spacenit_pipeline(
             pretrain_overrides=pretrain_overrides,
         )
         run_task.set_caching_options(False)  # one MLflow run per pipeline run
+        _sized(run_task, **control)
         _with_mlflow_secrets(_io_retries(run_task))
         parent_run_id = run_task.output
 
+        # What the input holds now: convert's cache key follows it. Never cached itself.
+        fingerprint_task = fingerprint_input_op(input_dir=input_dir)
+        fingerprint_task.set_caching_options(False)
+        _sized(fingerprint_task, **control)
+        kubernetes.mount_pvc(fingerprint_task, pvc_name=data_pvc, mount_path=DATA_MOUNT)
+        _io_retries(fingerprint_task)
+
         # convert, fanned out over partitions of the input, then merged: pure, cached.
         indices_task = partition_indices_op(count=convert_partitions)
+        _sized(indices_task, **control)
         with dsl.ParallelFor(indices_task.output, name="convert-partitions") as index:
             convert_task = convert_op(
                 input_dir=input_dir,
+                input_fingerprint=fingerprint_task.output,
                 layout=layout,
                 sensor=sensor,
                 tile_size_px=tile_size_px,
@@ -183,16 +284,20 @@ def spacenit_pipeline(
                 partition_index=index,
                 partition_count=convert_partitions,
             )
-            convert_task.set_cpu_request("1").set_memory_request("2G")
+            _sized(convert_task, convert_cpu_request, convert_cpu_limit, convert_memory_request, convert_memory_limit)  # fmt: skip
             kubernetes.mount_pvc(convert_task, pvc_name=data_pvc, mount_path=DATA_MOUNT)
             _io_retries(convert_task)
         merge_task = merge_op(parts=dsl.Collected(convert_task.outputs["dataset"]))
-        merge_task.set_cpu_request("1").set_memory_request("2G")
+        _sized(
+            merge_task, merge_cpu_request, merge_cpu_limit, merge_memory_request, merge_memory_limit
+        )
         _io_retries(merge_task)
         dataset = merge_task.outputs["dataset"]
 
         stats_task = stats_op(dataset=dataset)
-        stats_task.set_cpu_request("1").set_memory_request("2G")
+        _sized(
+            stats_task, stats_cpu_request, stats_cpu_limit, stats_memory_request, stats_memory_limit
+        )
         _io_retries(stats_task)
 
         train_args = dict(
@@ -217,15 +322,24 @@ def spacenit_pipeline(
             tracking_uri=tracking_uri,
             experiment=experiment,
             parent_run_id=parent_run_id,
+            embed_cpu_request=embed_cpu_request,
+            embed_cpu_limit=embed_cpu_limit,
+            embed_memory_request=embed_memory_request,
+            embed_memory_limit=embed_memory_limit,
+            probe_cpu_request=probe_cpu_request,
+            probe_cpu_limit=probe_cpu_limit,
+            probe_memory_request=probe_memory_request,
+            probe_memory_limit=probe_memory_limit,
         )
         # Training registers a new model version each run: never served from the cache,
         # never retried by KFP (accelerate and the PyTorchJob handle their own failures).
         # Each branch evaluates its own model: kfp.local cannot yet join artifacts of
         # branches with dsl.OneOf.
         with dsl.If(num_nodes > 1, name="multi-node"):
-            job_task = pretrain_multinode_op(num_nodes=num_nodes, gpus_per_node=gpus_per_node, data_pvc=data_pvc, **train_args)  # fmt: skip
+            # This step only stages data and watches the job: a control step's resources.
+            job_task = pretrain_multinode_op(num_nodes=num_nodes, gpus_per_node=gpus_per_node, data_pvc=data_pvc, image=IMAGE_CUDA, **train_args)  # fmt: skip
             job_task.set_caching_options(False)
-            job_task.set_cpu_request("1").set_memory_request("4G")
+            _sized(job_task, **control)
             kubernetes.mount_pvc(job_task, pvc_name=data_pvc, mount_path=DATA_MOUNT)
             kubernetes.use_config_map_as_volume(
                 job_task, TRAINING_TEMPLATE_CONFIGMAP, mount_path=TEMPLATE_MOUNT
@@ -234,9 +348,9 @@ def spacenit_pipeline(
         with dsl.Elif(gpus_per_node > 0, name="gpus"):
             gpu_task = pretrain_op(gpus_per_node=gpus_per_node, **train_args)
             gpu_task.set_caching_options(False)
-            gpu_task.set_container_image(spacenit.IMAGE_CUDA)
+            gpu_task.set_container_image(IMAGE_CUDA)
             gpu_task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus_per_node)
-            gpu_task.set_cpu_request(PRETRAIN_CPU).set_memory_request(PRETRAIN_MEMORY)
+            _sized(gpu_task, gpu_pretrain_cpu_request, gpu_pretrain_cpu_limit, gpu_pretrain_memory_request, gpu_pretrain_memory_limit)  # fmt: skip
             kubernetes.add_toleration_json(gpu_task, GPU_TOLERATION)
             kubernetes.add_node_selector_json(gpu_task, gpu_node_selector)
             # accelerate's workers exchange tensors through /dev/shm (64 MiB by default).
@@ -248,7 +362,7 @@ def spacenit_pipeline(
         with dsl.Else(name="cpu"):
             cpu_task = pretrain_op(gpus_per_node=0, **train_args)
             cpu_task.set_caching_options(False)
-            cpu_task.set_cpu_request(PRETRAIN_CPU).set_memory_request(PRETRAIN_MEMORY)
+            _sized(cpu_task, pretrain_cpu_request, pretrain_cpu_limit, pretrain_memory_request, pretrain_memory_limit)  # fmt: skip
             _with_mlflow_secrets(cpu_task)
             evaluate(model=cpu_task.outputs["model"], **eval_args)
 
@@ -329,7 +443,7 @@ def run_local(
     *,
     experiment: str = PIPELINE_NAME,
     convert_partitions: int = 2,
-    tile_size_px: int = 64,
+    tile_size_px: int = 0,
     tile_scenes: bool = False,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
@@ -403,8 +517,12 @@ def submit(
     namespace: str | None = None,
     service_account: str = "spacenit-pipeline",
     existing_token: str | None = None,
+    no_cache: bool = False,
 ):
-    """Start a run of the compiled pipeline on a Kubeflow Pipelines server; returns kfp's RunPipelineResult."""
+    """Start a run of the compiled pipeline on a Kubeflow Pipelines server; returns kfp's RunPipelineResult.
+
+    `no_cache` runs every step afresh (KFP's cache is skipped for this run).
+    """
     import kfp
 
     client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=existing_token)
@@ -415,6 +533,8 @@ def submit(
         experiment_name=experiment,
         namespace=namespace,
         service_account=service_account,
+        # None keeps each step's compiled caching option; False turns the cache off.
+        enable_caching=False if no_cache else None,
     )
 
 
@@ -444,7 +564,7 @@ def _parser() -> argparse.ArgumentParser:
         "run-local",
         help="run the whole pipeline in this environment (kfp.local SubprocessRunner)",
         epilog="example: python -m pipelines.spacenit_pipeline run-local --input-dir demo/geotiffs "
-        "--pipeline-root demo/kfp --tracking-uri sqlite:///$PWD/demo/mlflow.db --steps 20 --tile-size-px 32",
+        "--pipeline-root demo/kfp --tracking-uri sqlite:///$PWD/demo/mlflow.db --steps 20 --tile-size-px 48",
     )
     r.add_argument("--input-dir", type=Path, required=True, help="directory of GeoTIFFs")
     r.add_argument(
@@ -459,7 +579,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--convert-partitions", type=int, default=2, help="convert fan-out (default: %(default)s)"
     )
-    r.add_argument("--tile-size-px", type=int, default=64)
+    r.add_argument("--tile-size-px", type=int, default=0,
+                   help="tile side in pixels of the finest grid; 0 (default): picked from the data")
     r.add_argument("--layout", default="auto", choices=["auto", "samples", "class_folders"])
     r.add_argument("--sensor", default="sentinel2_l1c")
     r.add_argument("--steps", type=int, default=200)
@@ -512,6 +633,11 @@ def _parser() -> argparse.ArgumentParser:
         dest="existing_token",
         default=None,
         help="bearer token for the KFP API, if it wants one",
+    )
+    s.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="run every step, even those whose inputs match a cached execution",
     )
     return p
 

@@ -58,7 +58,7 @@ def test_evaluate_several_tasks_writes_one_report_and_logs_it(data_root: Path, t
     store, report, uri = tmp_path / "r.sqlite", tmp_path / "report.md", f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["evaluate", "so2sat", "geobench-m-eurosat", "sen1floods11", "--data-root", str(data_root),
                  "--work-dir", str(tmp_path / "work"), "--baseline", "raw_pixels", "--probes", "knn,prototypical",
-                 "--store", str(store), "--report", str(report), "--tracking-uri", uri, "--experiment", "eval-report"])  # fmt: skip
+                 "--store", str(store), "--report", str(report), "--tracking-uri", uri, "--mlflow-experiment", "eval-report"])  # fmt: skip
     assert code == 0
     err = capsys.readouterr().err
     assert "sen1floods11: a segmentation task" in err and "skipped" in err

@@ -10,16 +10,23 @@ from pathlib import Path
 
 import google_crc32c
 import h5py
-import hdf5plugin
 import numpy as np
 import pytest
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from spacenit.conversion.convert import convert
-from spacenit.data.format import load_dataset_info
 from spacenit.data.checksums import crc32c, fletcher32
-from spacenit.data.shards import CHUNK_BLOSC, DatasetReader, Shard, ShardError, array_key, blosc_codec, write_shard
+from spacenit.data.format import load_dataset_info
+from spacenit.data.shards import (
+    CHUNK_BLOSC,
+    DatasetReader,
+    Shard,
+    ShardError,
+    array_key,
+    blosc_codec,
+    write_shard,
+)
 from spacenit.data.stats import compute_stats
 from spacenit.sensors import SENTINEL
 from tests.rasters import damage_zarr_shard_index

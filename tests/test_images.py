@@ -2,7 +2,7 @@
 
 The Dockerfiles, images/constraints.txt, images/build.sh and docs/docker.md are checked
 against the real package: its console script, its dependency ranges, its image names
-(`spacenit.IMAGE`, `spacenit.IMAGE_CUDA`) and its CLI parser. Each check is a function that
+(configuration: components/image.py) and its CLI parser. Each check is a function that
 returns a list of problems; the `*_catch_*` tests feed it broken inputs to show it can fail.
 """
 
@@ -28,6 +28,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import spacenit
+from components.image import IMAGE, IMAGE_CUDA, IMAGE_REPOSITORY
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO / "images"
@@ -49,7 +50,7 @@ EXPECTED = {
         "torch_index": "https://download.pytorch.org/whl/cu128",
     },
 }
-IMAGE_TAGS = {spacenit.IMAGE, spacenit.IMAGE_CUDA}
+IMAGE_TAGS = {IMAGE, IMAGE_CUDA}
 
 
 # --------------------------------------------------------------------------------------
@@ -187,12 +188,31 @@ def _is_root(user: str) -> bool:
     return user.split(":")[0] in {"root", "0", ""}
 
 
+def global_args(instructions: list[Instruction]) -> dict[str, str]:
+    """The defaults of the ARGs declared before the first FROM (what FROM lines may use)."""
+    args = {}
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            break
+        args.update(ins.assignments())
+    return args
+
+
+def resolved(value: str, args: dict[str, str]) -> str:
+    """`value` with $NAME / ${NAME} replaced by the ARG defaults."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m[1] or m[2], m[0]), value)
+
+
 def dockerfile_problems(text: str, kind: str) -> list[str]:
     try:
-        stages = split_stages(parse_dockerfile(text))
+        instructions = parse_dockerfile(text)
+        stages = split_stages(instructions)
     except (DockerfileError, ValueError) as e:  # JSONDecodeError and shlex errors included
         return [f"does not parse: {e}"]
     problems: list[str] = []
+    defaults = global_args(instructions)
+    if "BASE_IMAGE" not in defaults:
+        problems.append("no global `ARG BASE_IMAGE=...`: the base must be a build argument")
     expected = EXPECTED[kind]
     builder = next((s for s in stages if s.name == "builder"), None)
     final = stages[-1]
@@ -202,11 +222,14 @@ def dockerfile_problems(text: str, kind: str) -> list[str]:
     # Bases: pinned, the expected family, and the same interpreter in both stages
     # (the venv copied from the builder points at the base's python).
     prefix, suffix = expected["base"]
-    if not (final.base.startswith(prefix) and suffix in final.base):
-        problems.append(f"final base {final.base!r} is not {prefix}...{suffix}")
+    final_base = resolved(final.base, defaults)
+    if not (final_base.startswith(prefix) and suffix in final_base):
+        problems.append(f"final base {final_base!r} is not {prefix}...{suffix}")
     for stage in stages:
-        if not _pinned_by_tag(stage.base):
-            problems.append(f"base {stage.base!r} is not pinned by a version tag")
+        if not _pinned_by_tag(resolved(stage.base, defaults)):
+            problems.append(
+                f"base {resolved(stage.base, defaults)!r} is not pinned by a version tag"
+            )
     if builder is not None and builder.base != final.base:
         problems.append(f"builder base {builder.base!r} != final base {final.base!r}")
 
@@ -255,9 +278,15 @@ def dockerfile_problems(text: str, kind: str) -> list[str]:
     elif arg_line is None or arg_line > label_line:
         problems.append("ARG SPACENIT_VERSION is not declared in the final stage before its LABEL")
 
-    # Builder: torch from the right PyTorch index first, then the package with constraints.
+    # Builder: torch from the right PyTorch index (a build argument) first, then the package
+    # with constraints; both from the `wheels` build context when it holds wheels (offline).
+    builder_args = {}
+    for ins in builder.all("ARG") if builder else []:
+        builder_args.update(ins.assignments())
+    if builder_args.get("TORCH_INDEX") != expected["torch_index"]:
+        problems.append(f"builder has no `ARG TORCH_INDEX={expected['torch_index']}`")
     runs = [i.args for i in (builder.all("RUN") if builder else [])]
-    torch_runs = [r for r in runs if f"--index-url {expected['torch_index']}" in r]
+    torch_runs = [r for r in runs if '--index-url "$TORCH_INDEX"' in r]
     package_runs = [r for r in runs if "pip install -c /src/images/constraints.txt" in r]
     if not torch_runs:
         problems.append(f"builder does not install torch from {expected['torch_index']}")
@@ -267,6 +296,14 @@ def dockerfile_problems(text: str, kind: str) -> list[str]:
         problems.append("torch is installed after the package (pip would take torch from PyPI)")
     if any(re.search(r"torch==\d", r) for r in runs):
         problems.append("torch version typed in the Dockerfile (read it from constraints.txt)")
+    for r in torch_runs[:1] + package_runs[:1]:
+        if (
+            "--mount=type=bind,from=wheels,target=/wheels" not in r
+            or "/wheels" not in r.split("set -eu", 1)[-1]
+        ):
+            problems.append(
+                "a pip install does not take the `wheels` build context (offline builds)"
+            )
     return problems
 
 
@@ -367,9 +404,12 @@ IMAGE_REF = re.compile(r"ghcr\.io/[\w./-]+(?::[\w.-]+)?")
 
 def image_reference_problems(text: str, where: str) -> list[str]:
     """Every ghcr.io reference must be one of the package's names, not a hand-typed tag."""
-    allowed = IMAGE_TAGS | {spacenit.IMAGE_REPOSITORY}
+    allowed = IMAGE_TAGS | {IMAGE_REPOSITORY}
     found = {ref.rstrip(".") for ref in IMAGE_REF.findall(text)}
-    return [f"{where}: {ref} is not spacenit.IMAGE / IMAGE_CUDA" for ref in sorted(found - allowed)]
+    return [
+        f"{where}: {ref} is not the configured IMAGE / IMAGE_CUDA"
+        for ref in sorted(found - allowed)
+    ]
 
 
 def docker_run_commands(markdown: str) -> list[list[str]]:
@@ -383,8 +423,8 @@ def docker_run_commands(markdown: str) -> list[list[str]]:
 
 def docs_problems(markdown: str) -> list[str]:
     problems = image_reference_problems(markdown, "docs/docker.md")
-    if spacenit.IMAGE not in markdown:
-        problems.append(f"docs do not name {spacenit.IMAGE}")
+    if IMAGE not in markdown:
+        problems.append(f"docs do not name {IMAGE}")
     if "MLFLOW_TRACKING_URI" not in markdown:
         problems.append("docs do not mention MLFLOW_TRACKING_URI")
     covered = set()
@@ -470,11 +510,14 @@ BREAKAGES = {
     "shell-form entrypoint": ('ENTRYPOINT ["spacenit"]', "ENTRYPOINT spacenit", "ENTRYPOINT"),
     "no CMD": ('CMD ["--help"]\n', "", "CMD"),
     "no WORKDIR": ("WORKDIR /work\n", "", "WORKDIR"),
-    "unpinned final base": ("\nFROM python:3.11.13-slim-bookworm\n", "\nFROM python:slim\n", "not pinned"),
-    "different bases": ("\nFROM python:3.11.13-slim-bookworm\n", "\nFROM python:3.11.14-slim-bookworm\n", "!= final base"),
+    "unpinned base": ("ARG BASE_IMAGE=python:3.11.13-slim-bookworm", "ARG BASE_IMAGE=python:slim", "not pinned"),
+    "base not an argument": ("ARG BASE_IMAGE=python:3.11.13-slim-bookworm", "ARG OTHER=x", "ARG BASE_IMAGE"),
+    "different bases": ("\nFROM ${BASE_IMAGE}\n", "\nFROM python:3.11.14-slim-bookworm\n", "!= final base"),
     "ARG only in builder": ("# ARGs do not cross stages: declare again for the labels.\nARG SPACENIT_VERSION\n", "", "ARG SPACENIT_VERSION"),
     "no version label": ('org.opencontainers.image.version="${SPACENIT_VERSION}"', 'org.opencontainers.image.version="0.1.0"', "LABEL"),
-    "torch from PyPI": ("--index-url https://download.pytorch.org/whl/cpu ", "", "install torch from"),
+    "torch from PyPI": ('--index-url "$TORCH_INDEX" ', "", "install torch from"),
+    "another torch index": ("ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu", "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128", "TORCH_INDEX"),
+    "no offline wheels": ("    --mount=type=bind,from=wheels,target=/wheels \\\n    set -eu; \\\n    torch_pin", "    set -eu; \\\n    torch_pin", "wheels"),
     "torch typed by hand": ('"$torch_pin"', "torch==2.13.0", "torch version typed"),
     "no constraints": ("pip install -c /src/images/constraints.txt", "pip install", "-c images/constraints.txt"),
     "venv not copied": ("COPY --from=builder /opt/venv /opt/venv", "COPY --from=builder /opt/venv /usr/local", "COPY --from=builder"),
@@ -539,7 +582,7 @@ def test_dockerignore_check_catches_an_excluded_source():
     assert dockerignored_sources(".venv\ntests/\n", text) == []
     assert dockerignored_sources("*.toml\n", text) == ["pyproject.toml"]
     assert "spacenit/cli.py" in dockerignored_sources("spacenit/**/*.py\n", text)
-    assert dockerignored_sources("images\n!images/constraints.txt\n", text) == []
+    assert dockerignored_sources("images\n!images/constraints.txt\n!images/slim.sh\n", text) == []
 
 
 def test_dockerignore_matcher():
@@ -669,7 +712,7 @@ def test_lock_check_catches_a_gap_and_a_conflict():
 
 
 # --------------------------------------------------------------------------------------
-# Image names: defined once in spacenit/__init__.py
+# Image names: configuration (components/image.py), defined once
 # --------------------------------------------------------------------------------------
 
 
@@ -679,7 +722,7 @@ def test_no_hand_typed_image_tags():
     for path in files:
         problems += image_reference_problems(path.read_text(), str(path.relative_to(REPO)))
     assert problems == []
-    # build.sh reads the tags from the package rather than naming them at all.
+    # build.sh reads the tags from the configuration rather than naming them at all.
     assert "ghcr.io" not in BUILD_SH.read_text()
 
 
@@ -689,7 +732,7 @@ def test_docs_use_the_package_image_names():
 
 def test_docs_checks_catch_a_stale_tag():
     text = DOCS.read_text()
-    assert docs_problems(text.replace(spacenit.IMAGE, "ghcr.io/spacenit/spacenit:9.9.9")) != []
+    assert docs_problems(text.replace(IMAGE, "ghcr.io/spacenit/spacenit:9.9.9")) != []
     assert docs_problems(text.replace(" probe ", " prob ")) != []
 
 
@@ -712,52 +755,159 @@ def test_docs_commands_parse_with_the_real_cli():
 # --------------------------------------------------------------------------------------
 
 
-def _run_build_sh(tmp_path: Path, engine: str, path_dirs: list[str], *args: str) -> list[list[str]]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "calls.jsonl"
-    fake = bin_dir / engine
+def _fake_engine(bin_dir: Path, name: str, log: Path, daemon: bool = True) -> None:
+    """A stand-in engine that records its arguments; `docker info` fails without a daemon."""
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / name
     fake.write_text(
         f"#!{sys.executable}\n"
-        "import json, sys\n"
+        "import json, os, sys\n"
         f"with open({str(log)!r}, 'a') as f:\n"
         "    f.write(json.dumps(sys.argv) + '\\n')\n"
+        "if sys.argv[1] == 'build':\n"
+        "    opts = sys.argv[2:]\n"
+        "    context = [o.split('=', 1)[1] for o in opts if o.startswith('wheels=')]\n"
+        "    assert os.path.isdir(context[0]), context\n"
+        f"sys.exit(0 if sys.argv[1] != 'info' or {daemon} else 1)\n"
     )
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in {"CONTAINER_ENGINE", "PUSH"}}
-    env["PATH"] = os.pathsep.join([str(bin_dir), *path_dirs])
-    env["PYTHON"] = sys.executable
-    subprocess.run(["bash", str(BUILD_SH), *args], cwd=tmp_path, env=env, check=True,
-                   capture_output=True, text=True)  # fmt: skip
-    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def _run_build_sh(tmp_path: Path, engines: dict[str, bool], path_dirs: list[str], *args: str,
+                  env: dict | None = None, check: bool = True) -> list[list[str]]:  # fmt: skip
+    """Run build.sh with fake engines ({name: daemon answers}) first on PATH; their calls."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.jsonl"
+    for name, daemon in engines.items():
+        _fake_engine(bin_dir, name, log, daemon)
+    run_env = {k: v for k, v in os.environ.items()
+               if k not in {"CONTAINER_ENGINE", "PUSH", "BASE_IMAGE", "TORCH_INDEX", "WHEELS", "SPACENIT_IMAGE_REPOSITORY"}}  # fmt: skip
+    run_env.update(
+        PATH=os.pathsep.join([str(bin_dir), *path_dirs]), PYTHON=sys.executable, **(env or {})
+    )
+    done = subprocess.run(
+        ["bash", str(BUILD_SH), *args], cwd=tmp_path, env=run_env, capture_output=True, text=True
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def _build_calls(calls: list[list[str]]) -> dict[str, dict[str, object]]:
     out = {}
     for argv in calls:
-        assert argv[1] == "build" and argv[-1] == "."
+        if argv[1] != "build":
+            continue
+        assert argv[-1] == "."
         opts = argv[2:-1]
         tag = opts[opts.index("--tag") + 1]
         build_args = [opts[i + 1] for i, o in enumerate(opts) if o == "--build-arg"]
-        out[tag] = {"file": opts[opts.index("--file") + 1], "build_args": build_args}
+        contexts = [opts[i + 1] for i, o in enumerate(opts) if o == "--build-context"]
+        out[tag] = {"engine": Path(argv[0]).name, "file": opts[opts.index("--file") + 1],
+                    "build_args": build_args, "contexts": contexts}  # fmt: skip
     return out
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_build_sh_tags_from_the_package(tmp_path):
-    calls = _build_calls(_run_build_sh(tmp_path, "docker", os.environ["PATH"].split(os.pathsep)))
+#: What build.sh runs besides an engine: linked into a folder that is the rest of PATH, so
+#: the engines installed on this machine stay out of sight.
+TOOLS = ["bash", "dirname", "mktemp", "rmdir", "date", "git", "sed", "cat"]
+
+
+@pytest.fixture
+def tools(tmp_path) -> list[str]:
+    folder = tmp_path / "tools"
+    folder.mkdir()
+    for name in TOOLS:
+        if shutil.which(name):
+            (folder / name).symlink_to(shutil.which(name))
+    return [str(folder)]
+
+
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+@needs_bash
+def test_build_sh_tags_from_the_configuration(tmp_path):
+    calls = _build_calls(
+        _run_build_sh(tmp_path, {"docker": True}, os.environ["PATH"].split(os.pathsep))
+    )
     assert set(calls) == IMAGE_TAGS
-    assert calls[spacenit.IMAGE]["file"] == "images/Dockerfile.cpu"
-    assert calls[spacenit.IMAGE_CUDA]["file"] == "images/Dockerfile.cuda"
+    assert calls[IMAGE]["file"] == "images/Dockerfile.cpu"
+    assert calls[IMAGE_CUDA]["file"] == "images/Dockerfile.cuda"
     for call in calls.values():
+        assert call["engine"] == "docker"
         assert f"SPACENIT_VERSION={spacenit.__version__}" in call["build_args"]
+        # No base or index given: the Dockerfiles' defaults hold.
+        assert not any(a.startswith(("BASE_IMAGE=", "TORCH_INDEX=")) for a in call["build_args"])
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_build_sh_falls_back_to_podman(tmp_path):
-    system_dirs = ["/usr/bin", "/bin"]
-    if any(Path(d, "docker").exists() for d in system_dirs):
-        pytest.skip("a real docker is installed")
-    calls = _run_build_sh(tmp_path, "podman", system_dirs, "cuda")
-    assert [c[0].rsplit("/", 1)[-1] for c in calls] == ["podman"]
-    assert list(_build_calls(calls)) == [spacenit.IMAGE_CUDA]
+@needs_bash
+def test_the_image_repository_is_configuration(tmp_path, tools):
+    assert IMAGE_REPOSITORY == PYPROJECT["tool"]["spacenit"]["image-repository"]
+    assert IMAGE == f"{IMAGE_REPOSITORY}:{spacenit.__version__}" and IMAGE_CUDA == f"{IMAGE}-cuda"
+    env = {"SPACENIT_IMAGE_REPOSITORY": "registry.example.internal/team/spacenit"}
+    calls = _build_calls(_run_build_sh(tmp_path, {"docker": True}, tools, "cpu", env=env))
+    assert list(calls) == [f"registry.example.internal/team/spacenit:{spacenit.__version__}"]
+
+
+@needs_bash
+@pytest.mark.parametrize("engines, expected", [
+    ({"docker": False, "podman": True}, "podman"),  # a docker client without a daemon
+    ({"podman": True}, "podman"),
+    ({"docker": False, "buildah": True}, "buildah"),
+])  # fmt: skip
+def test_build_sh_needs_no_docker_engine(tmp_path, tools, engines, expected):
+    calls = _run_build_sh(tmp_path, engines, tools, "cuda")
+    assert [Path(c[0]).name for c in calls if c[1] == "build"] == [expected]
+    assert list(_build_calls(calls)) == [IMAGE_CUDA]
+
+
+@needs_bash
+def test_build_sh_passes_base_index_and_wheels(tmp_path, tools):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    env = {
+        "BASE_IMAGE": "localhost/spacenit-base:bookworm",
+        "TORCH_INDEX": "file:///mirror/torch",
+        "WHEELS": str(wheels),
+    }
+    calls = _build_calls(
+        _run_build_sh(tmp_path, {"docker": True}, tools, "cpu", "--", "--network", "none", env=env)
+    )
+    call = calls[IMAGE]
+    assert "BASE_IMAGE=localhost/spacenit-base:bookworm" in call["build_args"]
+    assert "TORCH_INDEX=file:///mirror/torch" in call["build_args"]
+    assert call["contexts"] == [f"wheels={wheels}"]
+    # Without WHEELS the context is an empty folder, so the Dockerfiles use the indexes.
+    (tmp_path / "calls.jsonl").unlink()
+    calls = _build_calls(_run_build_sh(tmp_path, {"docker": True}, tools, "cpu"))
+    (context,) = calls[IMAGE]["contexts"]
+    assert (
+        context.startswith("wheels=") and not Path(context.split("=", 1)[1]).exists()
+    )  # removed after
+
+
+@needs_bash
+def test_build_sh_refuses_a_wheels_path_that_is_no_folder(tmp_path, tools):
+    (tmp_path / "w.txt").write_text("")
+    calls = _run_build_sh(tmp_path, {"docker": True}, tools, "cpu", env={"WHEELS": str(tmp_path / "w.txt")},
+                          check=False)  # fmt: skip
+    assert _build_calls(calls) == {}
+
+
+def test_image_test_is_a_make_target_outside_make_test():
+    """`make image-test` builds and runs the image (slow): its own target, never under `make test`."""
+    makefile = (REPO / "Makefile").read_text()
+    rules = dict(re.findall(r"^([\w-]+):(.*)$", makefile, flags=re.M))
+    assert "image-test" in rules and "images/image-test.sh" in makefile
+    assert "image-test" not in rules["test"] and "image-test" not in rules.get("lint", "")
+    script = (IMAGES_DIR / "image-test.sh").read_text()
+    for verb in (
+        "convert",
+        "stats",
+        "pretrain",
+        "embed models:/spacenit-encoder@champion",
+        "probe",
+        "mlflow server",
+    ):
+        assert verb in script, verb
+    assert "--network none" in script and "/health" in script

@@ -9,7 +9,12 @@ import torch
 
 from spacenit.arch.model_config import ModelConfig
 from spacenit.arch.models import SpaceNitModel
-from spacenit.arch.tokenization import TOKENIZATION_PRESETS, SensorTokenization, TokenGroup, TokenizationConfig
+from spacenit.arch.tokenization import (
+    TOKENIZATION_PRESETS,
+    SensorTokenization,
+    TokenGroup,
+    TokenizationConfig,
+)
 from spacenit.data.crop import TokenGeometry, sample_crop
 from spacenit.data.loader import (
     BatchPlanner,

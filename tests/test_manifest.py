@@ -9,9 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
-from rasterio.enums import Resampling
-from rasterio.warp import reproject
 
 from spacenit.conversion.convert import ConversionError, convert
 from spacenit.conversion.manifest import ManifestError

@@ -5,13 +5,16 @@ No cluster here. Every overlay is rendered by `render()`, a small Kustomize subs
 and `$patch: delete`) that refuses anything else, and, where a `kubectl` with
 Kustomize is installed, compared with `kubectl kustomize`. Each rendered object is
 validated against the Kubernetes OpenAPI schema (kubernetes-validate, offline); the
-PyTorchJob template's pod templates are validated as Pods.
+PyTorchJob template's pod templates are validated as Pods. Every pod (workloads, the
+PyTorchJob's, the tools pod) is checked against the Pod Security Standards' "restricted"
+profile by k8s-policy-guard (PyPI, offline).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import spacenit
+from components.image import IMAGE
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
@@ -30,7 +33,12 @@ TEMPLATE = MANIFESTS / "base" / "training" / "pytorchjob.yaml"
 #: Oldest and newest Kubernetes versions the manifests must validate against.
 K8S_VERSIONS = ["1.29.0", "1.33.0"]
 #: Secrets the prod overlay expects to exist already (created as docs/deploy.md says).
-EXTERNAL_SECRETS = {"spacenit-postgres", "spacenit-object-store", "spacenit-mlflow-client"}
+EXTERNAL_SECRETS = {
+    "spacenit-postgres",
+    "spacenit-object-store",
+    "spacenit-mlflow-client",
+    "spacenit-mlflow-auth",
+}
 
 
 def _pipeline():
@@ -400,9 +408,14 @@ def _referenced(objects: dict) -> dict[str, set[str]]:
                 for kind, field in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
                     if field in source:
                         refs[kind].add(source[field]["name"])
+            for env in c.get("env", []):
+                if "secretKeyRef" in env.get("valueFrom", {}):
+                    refs["Secret"].add(env["valueFrom"]["secretKeyRef"]["name"])
         for volume in spec.get("volumes", []):
             if "persistentVolumeClaim" in volume:
                 refs["PersistentVolumeClaim"].add(volume["persistentVolumeClaim"]["claimName"])
+            if "configMap" in volume:
+                refs["ConfigMap"].add(volume["configMap"]["name"])
     return refs
 
 
@@ -445,25 +458,32 @@ def test_mlflow_server(overlay):
     deployment = _get(objects, "Deployment", "spacenit-mlflow")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     # The server runs from the package's CPU image: one MLflow version for server and steps.
-    assert container["image"] == spacenit.IMAGE
+    assert container["image"] == IMAGE
     args = container["args"]
     assert args[0] == "server" and "--serve-artifacts" in args
     assert any(a.startswith("--backend-store-uri=postgresql") for a in args)
     env = {e["name"]: e.get("value") for e in container["env"]}
     destination = env["ARTIFACTS_DESTINATION"]
     if name == "prod":
-        assert (
-            destination.startswith("s3://")
-            and "volumes" not in deployment["spec"]["template"]["spec"]
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        assert destination.startswith("s3://") and not any(
+            "persistentVolumeClaim" in v for v in volumes
         )
         assert {"secretRef": {"name": "spacenit-object-store"}} in container["envFrom"]
+        # Authentication: MLflow's basic-auth app, the admin and session key from a Secret.
+        assert "--app-name=basic-auth" in args
+        assert {"secretRef": {"name": "spacenit-mlflow-auth"}} in container["envFrom"]
+        assert env["MLFLOW_AUTH_CONFIG_PATH"].startswith(
+            next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "auth-config")
+        )
         assert deployment["spec"]["replicas"] > 1
         assert ("PersistentVolumeClaim", "spacenit-mlflow-artifacts") not in {
             (k, n) for k, _, n in objects
         }
     else:
-        (mount,) = container["volumeMounts"]
-        assert mount["mountPath"] == destination
+        assert "--app-name=basic-auth" not in args
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert destination in mounts
     service = _get(objects, "Service", "spacenit-mlflow")
     # The Host header in-cluster clients send must be allowed.
     allowed = next(a for a in args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
@@ -520,16 +540,22 @@ def test_rbac_lets_the_pipeline_run_pytorchjobs(overlay):
     }
     for verb in ("create", "get", "delete"):
         assert ("kubeflow.org", "pytorchjobs", verb) in allowed
-    # What every KFP v2 step's launcher reads.
+    # What every KFP v2 step's launcher reads: its ConfigMap, and the artifact store's Secret
+    # alone (by name), not every Secret of the namespace.
     assert ("", "configmaps", "get") in allowed and ("", "secrets", "get") in allowed
+    for rule in role["rules"]:
+        if "secrets" in rule["resources"]:
+            assert rule["resourceNames"] == ["mlpipeline-minio-artifact"] and rule["verbs"] == [
+                "get"
+            ], rule
 
 
 def test_kustomization_image_is_the_package_image():
     kustomization = yaml.safe_load((MANIFESTS / "base" / "kustomization.yaml").read_text())
     (image,) = kustomization["images"]
-    assert f"{image['newName']}:{image['newTag']}" == spacenit.IMAGE, (
-        "manifests/base/kustomization.yaml names another image than spacenit.IMAGE; run "
-        "`cd manifests/base && kustomize edit set image spacenit=$(python -c 'import spacenit; print(spacenit.IMAGE)')`"
+    assert f"{image['newName']}:{image['newTag']}" == IMAGE, (
+        "manifests/base/kustomization.yaml names another image than the configured one; run "
+        "`cd manifests/base && kustomize edit set image spacenit=$(python -m components.image cpu)`"
     )
 
 
@@ -555,6 +581,11 @@ SECRET_KEYS = {
         "MLFLOW_S3_ENDPOINT_URL",
     },
     "spacenit-mlflow-client": {"MLFLOW_TRACKING_URI"},
+    "spacenit-mlflow-auth": {
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    },
 }
 
 
@@ -716,3 +747,175 @@ def test_kfp_release_in_the_docs_is_the_pinned_sdk():
 def test_tools_pod_validates(version):
     for doc in _load_yaml_docs(MANIFESTS / "tools" / "data-shell.yaml"):
         kubernetes_validate.validate(doc, version, strict=True)
+
+
+# --------------------------------------------------------------------------------------
+# Pod Security "restricted", network policies, disruption budget
+# --------------------------------------------------------------------------------------
+
+
+def every_pod() -> list[tuple[str, dict]]:
+    """(where, pod spec) of every pod the manifests make: workloads of each overlay, the
+    PyTorchJob template's replicas, the tools pod."""
+    pods = []
+    for name, path in OVERLAYS.items():
+        for key, template in _pod_specs(_by_key(render(path))):
+            pods.append((f"{name}/{key[0]}/{key[2]}", template["spec"]))
+    (job,) = _load_yaml_docs(TEMPLATE)
+    for role, replica in job["spec"]["pytorchReplicaSpecs"].items():
+        pods.append((f"PyTorchJob/{role}", replica["template"]["spec"]))
+    for doc in _load_yaml_docs(MANIFESTS / "tools" / "data-shell.yaml"):
+        pods.append(("tools/data-shell", doc["spec"]))
+    return pods
+
+
+def restricted_problems(where: str, pod: dict) -> list[str]:
+    """What breaks Pod Security "restricted" (and baseline): k8s-policy-guard's checks, and
+    the fields issue 19 asks for, read strictly (pod level or every container)."""
+    from policy_guard.analyzers import pod_security
+    from policy_guard.models import PolicyLevel, Resource
+
+    found = [
+        f"{where}: {v.rule_id} {v.message}"
+        for v in pod_security.analyze([Resource(kind="Pod", name=where, spec=pod)])
+        if v.policy_level in (PolicyLevel.BASELINE, PolicyLevel.RESTRICTED)
+    ]
+    pod_context = pod.get("securityContext", {})
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        context = c.get("securityContext", {})
+
+        def effective(key: str, context=context):
+            return context.get(key, pod_context.get(key))
+
+        if effective("runAsNonRoot") is not True:
+            found.append(f"{where}/{c['name']}: runAsNonRoot is not true")
+        if (effective("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            found.append(f"{where}/{c['name']}: seccompProfile is not RuntimeDefault")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}/{c['name']}: allowPrivilegeEscalation is not false")
+        if context.get("capabilities", {}).get("drop") != ["ALL"]:
+            found.append(f"{where}/{c['name']}: capabilities do not drop ALL")
+        # A read-only root filesystem, and a writable volume wherever the process writes.
+        if context.get("readOnlyRootFilesystem") is not True:
+            found.append(f"{where}/{c['name']}: the root filesystem is writable")
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
+        home = next((e["value"] for e in c.get("env", []) if e["name"] == "HOME"), "/tmp")
+        for path in sorted({"/tmp", home} - mounts):
+            found.append(f"{where}/{c['name']}: {path} is not a writable volume")
+    return found
+
+
+@pytest.mark.parametrize("where, pod", every_pod(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_pod_meets_pod_security_restricted(where, pod):
+    assert restricted_problems(where, pod) == []
+    assert pod.get("automountServiceAccountToken") is False, (
+        f"{where}: mounts an API token it never uses"
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(drop=["NET_RAW"]), "drop ALL"),
+        (lambda p: p["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True), "Escalation"),
+        (lambda p: p["securityContext"].pop("seccompProfile"), "seccomp"),
+        (lambda p: p["securityContext"].update(runAsNonRoot=False), "runAsNonRoot"),
+        (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "privileged"),
+        (lambda p: p.update(hostNetwork=True), "host networking"),
+        (lambda p: p["containers"][0]["securityContext"].update(readOnlyRootFilesystem=False), "writable"),
+    ],
+)  # fmt: skip
+def test_restricted_check_catches_breakage(edit, expected):
+    where, pod = next((w, p) for w, p in every_pod() if w.endswith("Deployment/spacenit-mlflow"))
+    pod = copy.deepcopy(pod)
+    edit(pod)
+    problems = restricted_problems(where, pod)
+    assert any(expected.lower() in p.lower() for p in problems), problems
+
+
+def test_network_policies_fence_mlflow_and_its_database(overlay):
+    _, objects = overlay
+    mlflow_pods = _get(objects, "Deployment", "spacenit-mlflow")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    postgres_pods = _get(objects, "StatefulSet", "spacenit-postgres")["spec"]["template"][
+        "metadata"
+    ]["labels"]
+    mlflow = _get(objects, "NetworkPolicy", "spacenit-mlflow")["spec"]
+    assert mlflow["podSelector"]["matchLabels"].items() <= mlflow_pods.items()
+    (rule,) = mlflow["ingress"]
+    assert rule["from"] == [{"podSelector": {}}]  # this namespace's pods: the pipeline's steps
+    assert [p["port"] for p in rule["ports"]] == ["http"]
+    postgres = _get(objects, "NetworkPolicy", "spacenit-postgres")["spec"]
+    assert postgres["podSelector"]["matchLabels"].items() <= postgres_pods.items()
+    (rule,) = postgres["ingress"]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchLabels"].items() <= mlflow_pods.items()
+    assert not source["podSelector"]["matchLabels"].items() <= postgres_pods.items()
+    assert [p["port"] for p in rule["ports"]] == ["postgres"]
+    for policy in (mlflow, postgres):
+        assert policy["policyTypes"] == ["Ingress"]
+
+
+def test_prod_keeps_an_mlflow_replica_through_disruptions():
+    objects = _by_key(render(OVERLAYS["prod"]))
+    deployment = _get(objects, "Deployment", "spacenit-mlflow")
+    budget = _get(objects, "PodDisruptionBudget", "spacenit-mlflow")["spec"]
+    assert (
+        budget["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert 1 <= budget["minAvailable"] < deployment["spec"]["replicas"]
+    assert ("PodDisruptionBudget", "spacenit-mlflow") not in {
+        (k, n) for k, _, n in _by_key(render(OVERLAYS["dev"]))
+    }
+
+
+def _secrets_table(markdown: str) -> dict[str, set[str]]:
+    """docs/deploy.md's table of Secrets: each pod named in a row -> the Secrets the row gives it."""
+    body = markdown.split("<!-- secrets-table -->")[1].split("<!-- /secrets-table -->")[0]
+    table = {}
+    for row in body.strip().splitlines()[2:]:
+        pods, secrets = (cell.strip() for cell in row.strip("|").split("|"))
+        names = set(re.findall(r"`([^`]+)`", secrets))
+        for pod in re.findall(r"`([^`]+)`", pods) or [pods]:
+            table[pod] = names
+    return table
+
+
+def _actual_secrets() -> dict[str, set[str]]:
+    """What the compiled pipeline, the PyTorchJob template and the manifests give each pod."""
+    pipeline = _pipeline()
+    _, platform = yaml.safe_load_all(pipeline.DEFAULT_YAML.read_text())
+    spec = next(yaml.safe_load_all(pipeline.DEFAULT_YAML.read_text()))
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    actual: dict[str, set[str]] = {}
+    for label in spec["deploymentSpec"]["executors"]:
+        step = re.sub(r"-\d+$", "", label.removeprefix("exec-"))
+        actual.setdefault(step, set()).update(
+            s["secretName"] for s in k8s.get(label, {}).get("secretAsEnv", [])
+        )
+    (job,) = _load_yaml_docs(TEMPLATE)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        for c in replica["template"]["spec"]["containers"]:
+            actual.setdefault("PyTorchJob", set()).update(
+                s["secretRef"]["name"] for s in c.get("envFrom", []) if "secretRef" in s
+            )
+    for path in OVERLAYS.values():
+        objects = _by_key(render(path))
+        for key, _ in _pod_specs(objects):
+            actual.setdefault(f"{key[0]}/{key[2]}", set()).update(
+                _referenced({key: objects[key]})["Secret"]
+            )
+    return actual
+
+
+def test_deploy_doc_says_which_pods_see_which_secrets():
+    documented = _secrets_table(DEPLOY_DOC.read_text())
+    actual = _actual_secrets()
+    # The steps' rows name them by step; "pretrain" covers the CPU and GPU steps.
+    assert set(documented) == set(actual), set(documented) ^ set(actual)
+    for pod, secrets in actual.items():
+        assert documented[pod] == secrets, (
+            f"{pod}: docs say {sorted(documented[pod])}, it gets {sorted(secrets)}"
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,24 +31,35 @@ DEPLOYMENT = REPO / "manifests" / "base" / "mlflow" / "deployment.yaml"
 STARTUP_TIMEOUT_S = 90
 
 
-def _container() -> dict:
-    deployment = yaml.safe_load(DEPLOYMENT.read_text())
+def _container(overlay: str | None = None) -> dict:
+    """The MLflow container of manifests/base, or of an overlay as rendered."""
+    if overlay is None:
+        deployment = yaml.safe_load(DEPLOYMENT.read_text())
+    else:
+        from tests.test_manifests import OVERLAYS, render
+
+        (deployment,) = [o for o in render(OVERLAYS[overlay]) if o["kind"] == "Deployment"
+                         and o["metadata"]["name"] == "spacenit-mlflow"]  # fmt: skip
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["mlflow"]
     return container
 
 
-def deployment_args() -> list[str]:
-    """`mlflow` arguments of the MLflow Deployment in manifests/base."""
-    return list(_container()["args"])
+def deployment_args(overlay: str | None = None) -> list[str]:
+    """`mlflow` arguments of the MLflow Deployment in manifests/base (or an overlay)."""
+    return list(_container(overlay)["args"])
 
 
-def deployment_mlflow_env() -> dict[str, str]:
-    """The MLFLOW_* settings of the Deployment's environment."""
-    return {e["name"]: e["value"] for e in _container()["env"] if e["name"].startswith("MLFLOW_")}
+def deployment_mlflow_env(overlay: str | None = None) -> dict[str, str]:
+    """The MLFLOW_* settings of the Deployment's environment (literal values)."""
+    return {
+        e["name"]: e["value"]
+        for e in _container(overlay)["env"]
+        if e["name"].startswith("MLFLOW_") and "value" in e
+    }
 
 
-def local_server_args(root: Path, port: int) -> list[str]:
+def local_server_args(root: Path, port: int, overlay: str | None = None) -> list[str]:
     """The Deployment's arguments, with a sqlite store, a local artifacts directory, loopback and one worker."""
     local = {
         "--host": "127.0.0.1",
@@ -57,7 +69,7 @@ def local_server_args(root: Path, port: int) -> list[str]:
         "--workers": "1",
     }
     args = []
-    for arg in deployment_args():
+    for arg in deployment_args(overlay):
         name, eq, _ = arg.partition("=")
         args.append(f"{name}={local[name]}" if eq and name in local else arg)
     missing = set(local) - {a.partition("=")[0] for a in args}
@@ -81,15 +93,24 @@ def _get(url: str, host: str | None = None) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """Start `mlflow server` under `root`; yield its URI; stop it (and its workers) at exit."""
+def mlflow_server(
+    root: Path, port: int | None = None, overlay: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start `mlflow server` under `root` (as manifests/base, or an overlay, runs it; on `port`,
+    default a free one); yield its URI; stop it (and its workers) at exit. `env` adds to the
+    Deployment's MLFLOW_* settings."""
     root.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     log = (root / "server.log").open("w")
-    command = [str(Path(sys.executable).with_name("mlflow")), *local_server_args(root, port)]
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")
-    } | deployment_mlflow_env()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        *local_server_args(root, port, overlay),
+    ]
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        | deployment_mlflow_env(overlay)
+        | (env or {})
+    )
     # Its own process group, so stopping it stops its uvicorn workers too.
     server = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -275,3 +296,133 @@ def test_pipeline_run_lifecycle_on_a_sqlite_store(tmp_path, monkeypatch):
     assert client.get_experiment(closed.info.experiment_id).artifact_location.startswith(
         (tmp_path / "mlartifacts").as_uri()
     )
+
+
+# ---------------------------------------------------------------- the server away at start, or back without the run (issue 20, case 12)
+
+
+@pytest.mark.timeout(120)  # before: MLflow's own retries hung for 254 s
+def test_pretrain_against_a_closed_port_fails_at_once_in_one_line(synthetic_dataset, tmp_path, monkeypatch, capsys):
+    from spacenit.cli import main
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # MLflow's defaults, as a user has them
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: every connection is refused
+        uri = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        code = main(["pretrain", str(synthetic_dataset), "--stats", str(synthetic_dataset / "stats.json"),
+                     "--output-dir", str(tmp_path / "out"), "--tracking-uri", uri, "--set", "train.steps=1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the MLflow tracking server {uri} does not answer" in err and "Connection refused" in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_server_that_accepts_but_never_answers_is_unreachable_after_the_timeout():
+    from spacenit.train.tracking import TrackingServerUnreachable, require_reachable
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody reads or answers
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(TrackingServerUnreachable, match=r"does not answer \(timed out, within 0\.5 s\)"):
+            require_reachable(uri, timeout_s=0.5)
+
+
+def test_any_http_answer_counts_as_reachable(server):
+    from spacenit.train.tracking import require_reachable
+
+    require_reachable(server)
+    require_reachable(f"{server}/no/such/prefix")  # a 404 is an answer: the requests that follow report it
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a self-signed certificate")
+def test_a_tls_server_with_an_untrusted_certificate_counts_as_reachable(tmp_path):
+    # MLflow decides what to trust (MLFLOW_TRACKING_SERVER_CERT_PATH, ..._INSECURE_TLS); the check only
+    # asks whether something answers, and a TLS handshake is an answer.
+    import http.server
+    import ssl
+    import threading
+
+    from spacenit.train.tracking import require_reachable
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        require_reachable(f"https://127.0.0.1:{server.server_address[1]}", timeout_s=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_server_back_on_an_empty_store_says_where_the_metrics_survive(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    from spacenit.train.callbacks import MLflowCallback
+
+    port = _free_port()
+    with mlflow_server(tmp_path / "before", port) as uri:
+        client = MlflowClient(uri)
+        run_id = client.create_run(client.create_experiment("restarts")).info.run_id
+        callback = MLflowCallback(run_id, uri, {}, tmp_path / "out", log_system_metrics=False, max_retry_interval_s=1.0)
+        callback.on_log(None, 1, {"loss": 1.0})
+        assert callback.flush(60)
+        assert [m.value for m in client.get_metric_history(run_id, "train/loss")] == [1.0]
+    try:
+        with mlflow_server(tmp_path / "after", port) as uri:  # the same address, an empty backend
+            with caplog.at_level("WARNING", logger="spacenit.train.callbacks"):
+                callback.on_log(None, 2, {"loss": 0.5})
+                callback.on_log(None, 3, {"loss": 0.25})
+                assert callback.flush(120)
+                callback.on_train_end(None)
+    finally:
+        callback.close()
+    local = tmp_path / "out" / "mlflow_metrics.jsonl"
+    lost = [r.getMessage() for r in caplog.records if "no longer has run" in r.getMessage()]
+    assert len(lost) == 1, caplog.text  # warned once, not once per record
+    assert run_id in lost[0] and "RESOURCE_DOES_NOT_EXIST" in lost[0] and f"survive only in {local}" in lost[0]
+    assert callback.dropped >= 1 and f"every metric is in {local}" in caplog.text
+    assert [json.loads(line)["step"] for line in local.read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.timeout(240)
+def test_prod_server_asks_for_credentials(tmp_path, monkeypatch):
+    """The prod overlay's server (MLflow's basic-auth app): /health open, the API behind a user
+    and password, and the steps' client (MLFLOW_TRACKING_USERNAME/PASSWORD) gets through."""
+    import base64
+
+    from mlflow.tracking import MlflowClient
+
+    from spacenit.train import tracking
+
+    # The overlay's auth config, with a sqlite user store in place of PostgreSQL.
+    ini = (REPO / "manifests" / "overlays" / "prod" / "mlflow-auth" / "basic_auth.ini").read_text()
+    assert "database_uri = postgresql+psycopg2://spacenit-postgres:5432/" in ini
+    config = tmp_path / "basic_auth.ini"
+    config.write_text(
+        ini.replace(
+            "postgresql+psycopg2://spacenit-postgres:5432/", f"sqlite:///{tmp_path / 'auth.db'}"
+        )
+    )
+    # What the Secret spacenit-mlflow-auth provides.
+    secret = {"MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-for-tests",
+              "MLFLOW_FLASK_SERVER_SECRET_KEY": "session-key-for-tests", "MLFLOW_AUTH_CONFIG_PATH": str(config)}  # fmt: skip
+    with mlflow_server(tmp_path / "server", overlay="prod", env=secret) as uri:
+        assert _get(f"{uri}/health") == (200, "OK")  # the probes need no credentials
+        api = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _get(api)[0] == 401
+        request = urllib.request.Request(api)
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:wrong").decode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        # The pipeline's steps: credentials from the spacenit-mlflow-client Secret, as env.
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-for-tests")
+        run_id = tracking.start_pipeline_run(uri, "auth-test", kfp_run_id="kfp-auth")
+        assert MlflowClient(uri).get_run(run_id).data.tags[tracking.KFP_RUN_ID_TAG] == "kfp-auth"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import spacenit
+from components.image import IMAGE, IMAGE_CUDA
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKED_IN = REPO / "pipelines" / "spacenit_pipeline.yaml"
@@ -22,6 +22,23 @@ PARAMETERS = [
     "gpu_node_selector", "data_pvc", "register_as",
     "alias", "k", "probe_test_fraction", "seed",
 ]  # fmt: skip
+#: Groups of steps sized by the parameters <group>_{cpu,memory}_{request,limit}.
+RESOURCE_GROUPS = [
+    "control",
+    "convert",
+    "merge",
+    "stats",
+    "pretrain",
+    "gpu_pretrain",
+    "embed",
+    "probe",
+]
+RESOURCE_PARAMETERS = [
+    f"{group}_{kind}_{bound}"
+    for group in RESOURCE_GROUPS
+    for kind in ("cpu", "memory")
+    for bound in ("request", "limit")
+]
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +111,20 @@ def test_dag(compiled):
     body = dags["comp-exit-handler-1"]
     loop = next(name for name in body if name.startswith("for-loop"))
     branches = next(name for name in body if name.startswith("condition-branches"))
-    assert set(body) == {"start-run", "partition-indices", loop, "merge", "stats", branches}
+    assert set(body) == {
+        "start-run", "fingerprint-input", "partition-indices", loop, "merge", "stats", branches,
+    }  # fmt: skip
     assert body[loop]["parameterIterator"]["items"]["inputParameter"].endswith(
         "partition-indices-Output"
     )
     assert set(dags[f"comp-{loop}"]) == {"convert"}
+    # convert's cache key includes the fingerprint of the input directory.
+    assert "fingerprint-input" in _dependencies(body[loop])
+    fingerprint = dags[f"comp-{loop}"]["convert"]["inputs"]["parameters"]["input_fingerprint"]
+    channel = fingerprint["componentInputParameter"]
+    assert body[loop]["inputs"]["parameters"][channel]["taskOutputParameter"] == {
+        "producerTask": "fingerprint-input", "outputParameterKey": "Output",
+    }  # fmt: skip
     assert _dependencies(body["merge"]) == {loop}
     # merge collects the partitions' datasets from the loop (dsl.Collected).
     parts = body["merge"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]
@@ -127,7 +153,7 @@ def test_dag(compiled):
         assert _dependencies(dags[name]["probe"]) == {"embed"}
 
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(PARAMETERS) <= set(params)
+    assert set(PARAMETERS + RESOURCE_PARAMETERS) <= set(params)
     # Credentials never travel as parameters.
     for name in params:
         assert not any(word in name for word in ("password", "secret", "token", "access_key")), name
@@ -159,7 +185,7 @@ def test_reference_check_catches_a_parameter_lost_in_a_branch(tmp_path):
     """kfp 2.17 compiles a parameter used only in a resource request inside dsl.If into a dangling reference."""
     from kfp import compiler, dsl
 
-    @dsl.component(base_image=spacenit.IMAGE, install_kfp_package=False)
+    @dsl.component(base_image=IMAGE, install_kfp_package=False)
     def step(n: int):
         pass
 
@@ -183,14 +209,13 @@ def test_images_resources_caching_retries(compiled, pipeline_module):
     )  # fmt: skip
     for label, executor in executors.items():
         container = executor["container"]
-        expected = spacenit.IMAGE_CUDA if label == gpu_exec else spacenit.IMAGE
+        expected = IMAGE_CUDA if label == gpu_exec else IMAGE
         assert container["image"] == expected, label
         assert "pip install" not in json.dumps(container), label
-        resources = container.get("resources", {})
-        if not label.startswith(("exec-start-run", "exec-end-run", "exec-partition-indices")):
-            assert resources.get("resourceCpuRequest") and resources.get("resourceMemoryRequest"), (
-                label
-            )
+        # Every step's requests and limits are pipeline parameters.
+        resources = container["resources"]
+        for field in ("CpuRequest", "CpuLimit", "MemoryRequest", "MemoryLimit"):
+            assert "pipelinechannel--" in resources[f"resource{field}"], (label, field)
     accelerator = executors[gpu_exec]["container"]["resources"]["accelerator"]
     assert "gpus_per_node" in accelerator["resourceCount"]
     assert accelerator["resourceType"] == pipeline_module.GPU_RESOURCE
@@ -198,7 +223,7 @@ def test_images_resources_caching_retries(compiled, pipeline_module):
     def stage(label: str) -> str:
         return label.removeprefix("exec-").rstrip("-0123456789")
 
-    never_cached = {"start-run", "end-run", "pretrain", "pretrain-multinode", "probe"}
+    never_cached = {"start-run", "end-run", "fingerprint-input", "pretrain", "pretrain-multinode", "probe"}  # fmt: skip
     no_retry = {"pretrain", "pretrain-multinode", "partition-indices"}
     for label, task in tasks.items():
         name = stage(label)
@@ -224,7 +249,7 @@ def test_kubernetes_settings(compiled, pipeline_module):
         if "accelerator" in e["container"].get("resources", {})
     )
     # Convert reads the inputs, and the multi-node step stages data, on the shared PVC.
-    for label in ("exec-convert", "exec-pretrain-multinode"):
+    for label in ("exec-fingerprint-input", "exec-convert", "exec-pretrain-multinode"):
         (mount,) = k8s[label]["pvcMount"]
         assert mount["mountPath"] == "/data"
         assert mount["pvcNameParameter"]["componentInputParameter"].endswith("data_pvc")
@@ -254,6 +279,117 @@ def test_kubernetes_settings(compiled, pipeline_module):
         envs = {k["envVar"] for s in secrets.values() for k in s["keyToEnv"]}
         assert {"MLFLOW_TRACKING_URI", "AWS_SECRET_ACCESS_KEY"} <= envs, label
     assert "secretAsEnv" not in k8s.get("exec-convert", {})
+
+
+def _quantity(value: str) -> float:
+    """A Kubernetes CPU or memory quantity as a number (cores, bytes)."""
+    units = {
+        "m": 1e-3,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "k": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+    }
+    for suffix in sorted(units, key=len, reverse=True):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * units[suffix]
+    return float(value)
+
+
+def test_resource_defaults_are_valid_and_fit_the_trial_cluster(compiled, pipeline_module):
+    """A default run schedules on docs/deploy.md's trial node beside Kubeflow Pipelines and MLflow."""
+    _, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    size = {
+        (group, kind, bound): _quantity(params[f"{group}_{kind}_{bound}"]["defaultValue"])
+        for group in RESOURCE_GROUPS
+        for kind in ("cpu", "memory")
+        for bound in ("request", "limit")
+    }
+    for group in RESOURCE_GROUPS:
+        for kind in ("cpu", "memory"):
+            # A limit below its request is rejected by the API server.
+            assert 0 < size[group, kind, "request"] <= size[group, kind, "limit"], (group, kind)
+    node = {kind: _quantity(v) for kind, v in pipeline_module.TRIAL_NODE.items()}
+    reserved = {kind: _quantity(v) for kind, v in pipeline_module.TRIAL_NODE_RESERVED.items()}
+    partitions = params["convert_partitions"]["defaultValue"]
+    for kind in ("cpu", "memory"):
+        request = {group: size[group, kind, "request"] for group in RESOURCE_GROUPS}
+        # What runs at once: start-run, fingerprint-input and partition-indices; then the
+        # convert partitions (start-run may still run); then one step at a time.
+        peak = max(
+            3 * request["control"],
+            partitions * request["convert"] + request["control"],
+            *(request[g] for g in ("merge", "stats", "pretrain", "embed", "probe")),
+        )
+        assert peak + reserved[kind] <= node[kind], kind
+        # A step may use up to its limit: no limit is larger than the node.
+        for group in RESOURCE_GROUPS:
+            if group != "gpu_pretrain":  # GPU nodes, not the trial node
+                assert size[group, kind, "limit"] <= node[kind], (group, kind)
+    # The MLflow server and its database (the dev overlay) are part of the reserve.
+    from tests.test_manifests import OVERLAYS, render
+
+    manifests = {kind: 0.0 for kind in ("cpu", "memory")}
+    for obj in render(OVERLAYS["dev"]):
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                for kind in manifests:
+                    manifests[kind] += obj["spec"]["replicas"] * _quantity(
+                        container["resources"]["requests"][kind]
+                    )
+    for kind in manifests:
+        assert manifests[kind] < reserved[kind], kind
+
+
+def test_step_sources_run_alone(compiled):
+    """Each step runs its function's source alone (KFP's ephemeral module): it must define cleanly."""
+    _, spec, _ = compiled
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        source = container["command"][-1]
+        function = container["args"][container["args"].index("--function_to_execute") + 1]
+        namespace: dict = {}
+        exec(compile(source, label, "exec"), namespace)  # defines the function: defaults evaluated
+        assert callable(namespace[function]), label
+
+
+def test_multinode_defaults_match_the_mounts():
+    import inspect
+
+    from components.pretrain_multinode import DATA_MOUNT, TEMPLATE_PATH, pretrain_multinode
+
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(pretrain_multinode.python_func).parameters.items()
+    }
+    assert defaults["template_path"] == TEMPLATE_PATH
+    assert defaults["scratch_dir"].startswith(DATA_MOUNT + "/")
+
+
+def test_submit_no_cache(pipeline_module, monkeypatch):
+    import kfp
+
+    submitted = []
+
+    class FakeClient:
+        def __init__(self, **kwargs):
+            pass
+
+        def create_run_from_pipeline_package(self, package, **kwargs):
+            submitted.append(kwargs)
+            return type("Result", (), {"run_id": "run-1"})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    argv = ["submit", "--host", "http://localhost:8080", "--param", "input_dir=/data/raw"]
+    assert pipeline_module.main(argv) == 0
+    assert pipeline_module.main([*argv, "--no-cache"]) == 0
+    # None keeps the compiled per-step options (convert, merge, stats cached); False: none.
+    assert [s["enable_caching"] for s in submitted] == [None, False]
+    assert submitted[1]["arguments"] == {"input_dir": "/data/raw"}
 
 
 # --------------------------------------------------------------------------------------
@@ -323,6 +459,7 @@ def test_multinode_step_renders_and_submits_a_pytorchjob(tmp_path, monkeypatch):
         scratch_dir=str(tmp_path / "scratch"),
         template_path=str(TEMPLATE),
         namespace="team-a",
+        image=IMAGE_CUDA,
         poll_s=0,
     )
     (job,) = FakeCustomObjects.created
@@ -336,7 +473,7 @@ def test_multinode_step_renders_and_submits_a_pytorchjob(tmp_path, monkeypatch):
     for role in ("Master", "Worker"):
         pod = replicas[role]["template"]["spec"]
         (container,) = pod["containers"]
-        assert container["image"] == spacenit.IMAGE_CUDA
+        assert container["image"] == IMAGE_CUDA
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         assert env["SPACENIT_NUM_NODES"] == "2" and env["SPACENIT_GPUS_PER_NODE"] == "8"
@@ -435,7 +572,7 @@ def test_pipeline_runs_locally(
             tracking_uri,
             experiment="pipeline-test",
             convert_partitions=2,
-            tile_size_px=32,
+            tile_size_px=24,
             steps=6,
             global_batch_size=8,
             pretrain_overrides=["model.depth=2", "model.decoder_depth=1"],

@@ -35,8 +35,10 @@ def test_eurosat_converts_and_probes(shared_data: Path, tmp_path: Path) -> None:
     reader = DatasetReader(tmp_path / "ds")
     sample = reader[7]
     path = next(eurosat.rglob(f"{sample.id}.tif"))
+    (grid,) = info.grids["sentinel2_l1c"]  # 13 bands all at 10 m in the file: one 10 m grid, as they are
+    assert grid.gsd_m == 10.0
     with rasterio.open(path) as src:
-        np.testing.assert_array_equal(sample.data["sentinel2_l1c"][0], src.read().astype(np.float32))
+        np.testing.assert_array_equal(sample.data["sentinel2_l1c"][grid][0], src.read().astype(np.float32))
 
     compute_stats(tmp_path / "ds", progress=False)
     cfg = apply_overrides(PretrainConfig(), ["train.steps=5", "train.global_batch_size=16", "model.depth=2", "model.decoder_depth=1"])
@@ -65,4 +67,6 @@ def test_a_landsat_scene_with_a_nodata_border_becomes_tiles(shared_data: Path, t
     reader = DatasetReader(tmp_path / "ds")
     red = reader.info.sensors["landsat"].bands.index("B4")
     # Every valid pixel lands in exactly one tile: the tiles share the scene's own pixel grid.
-    assert sum(int((s.data["landsat"][0, red] != -99999).sum()) for s in reader) == int(valid[0].sum())
+    (grid,) = reader.info.grids["landsat"]
+    red = grid.bands.index("B4")
+    assert sum(int((s.data["landsat"][grid][0, red] != -99999).sum()) for s in reader) == int(valid[0].sum())

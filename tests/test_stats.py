@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,13 +26,13 @@ from spacenit.data.stats import (
     SensorAccumulator,
     SensorStats,
     StatsError,
-    histogram_stride,
     _selections,
     _shard_tasks,
     compute_stats,
+    histogram_stride,
     load_stats,
 )  # fmt: skip
-from spacenit.sensors import SENTINEL, WORLDCOVER
+from spacenit.sensors import SENTINEL, WORLDCOVER, BandGroup, SensorSpec
 from tests.rasters import damage_zarr_shard_index, write_tif
 
 
@@ -275,7 +276,7 @@ def test_categorical_bands_get_class_counts(tmp_path: Path) -> None:
     write_tif(tmp_path / "in" / "s3" / "worldcover" / "map.tif", np.where(classes == 80, 0, classes).astype(np.uint8), nodata=0)
     convert(tmp_path / "in", tmp_path / "ds", tile_size_px=32, progress=False)
     stats = json.loads(compute_stats(tmp_path / "ds", progress=False).read_text())["sensors"]["worldcover"]
-    
+
     whole = _whole(DatasetReader(tmp_path / "ds"), "worldcover")[0]
     values, counts = np.unique(whole[whole != SENTINEL], return_counts=True)
     assert stats["categorical"] is True and "percentiles" not in stats
@@ -374,3 +375,101 @@ def test_a_value_outside_the_given_range_falls_back_to_the_counted_range() -> No
     expected = np.bincount(_value_order_bucket(values[0, :: histogram_stride(values[None])]), minlength=65536)
     np.testing.assert_array_equal(histogram.dense()[0], expected)
     assert expected[_value_order_bucket(np.array([-0.0]))[0]] == 8
+
+
+# ---------------------------------------------------------------- stats.json is checked on load (issue 20, case 3)
+
+
+def _edited_stats(synthetic_dataset: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the synthetic dataset's stats.json with `edit(payload)` applied (NaN and Infinity as JSON allows)."""
+    payload = json.loads((synthetic_dataset / "stats.json").read_text())
+    edit(payload)
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def _set(sensor: str, key: str, band: int, value: float):
+    def edit(payload: dict) -> None:
+        payload["sensors"][sensor][key][band] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("std", float("nan"), r"mean \S+ and std nan must be finite"),  # np.where(std > 0, std, 1.0) made it 1.0
+        ("std", -3.0, r"std -3\.0 is negative"),  # made it 1.0 too
+        ("std", float("inf"), r"mean \S+ and std inf must be finite"),  # zeroed the band
+        ("mean", 1e30, r"mean 1e\+30 .* cannot come from values between min"),  # trained to a finite loss
+        ("std", 0.0, r"std is 0 but the band is not flagged constant"),
+    ],
+)
+def test_load_stats_refuses_a_value_that_cannot_standardize_naming_file_and_band(
+    synthetic_dataset: Path, tmp_path: Path, key: str, value: float, problem: str
+) -> None:
+    band = DatasetReader(synthetic_dataset).info.sensors["sentinel1"].bands[1]
+    path = _edited_stats(synthetic_dataset, tmp_path, _set("sentinel1", key, 1, value))
+    with pytest.raises(StatsError, match=rf"{re.escape(str(path))}: sensor 'sentinel1', band '{band}': {problem}.*spacenit stats"):
+        load_stats(path)
+
+
+def test_stats_of_a_band_the_dataset_has_not_are_refused_naming_it(synthetic_dataset: Path, tmp_path: Path) -> None:
+    band = DatasetReader(synthetic_dataset).info.sensors["sentinel1"].bands[0]
+
+    def drop_first_band(payload: dict) -> None:
+        entry = payload["sensors"]["sentinel1"]
+        for key in ("bands", "count", "mean", "std", "constant", "min", "max"):
+            del entry[key][0]
+        for values in entry["percentiles"].values():
+            del values[0]
+
+    path = _edited_stats(synthetic_dataset, tmp_path, drop_first_band)
+    assert list(load_stats(path)) == list(json.loads(path.read_text())["sensors"])  # consistent in itself
+    with pytest.raises(StatsError, match=rf"{re.escape(str(path))} has no stats for sensor 'sentinel1', band\(s\) \['{band}'\]"):
+        load_stats(path, synthetic_dataset)
+
+
+def test_stats_of_another_dataset_are_refused_by_fingerprint(synthetic_dataset: Path, tmp_path: Path) -> None:
+    # The same dataset with one sample fewer: the bands agree, the numbers are not its own.
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_dataset, other)
+    info = json.loads((other / "dataset.json").read_text())
+    info["samples"].pop()
+    (other / "dataset.json").write_text(json.dumps(info))
+    stats = other / "stats.json"
+    assert load_stats(stats, synthetic_dataset)  # its own dataset
+    with pytest.raises(StatsError, match=rf"{re.escape(str(stats))} was computed on another dataset .*{re.escape(str(other / 'dataset.json'))} has"):
+        load_stats(stats, other)
+
+
+def test_pretrain_with_bad_stats_is_one_line_naming_stats_json_and_band(synthetic_dataset: Path, tmp_path: Path, capsys) -> None:
+    from spacenit.cli import main
+
+    band = DatasetReader(synthetic_dataset).info.sensors["sentinel1"].bands[1]
+    path = _edited_stats(synthetic_dataset, tmp_path, _set("sentinel1", "std", 1, float("nan")))
+    code = main(["pretrain", str(synthetic_dataset), "--stats", str(path), "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(path) in err and f"band '{band}'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_stats_flags_a_constant_band_and_the_standardizer_centres_it() -> None:
+    values = np.stack([np.full(40, 7.0), np.arange(40.0), np.full(40, SENTINEL)])[None]  # constant, varying, empty
+    payload = stats_module._sensor_payload(("flat", "ramp", "empty"), SensorAccumulator.of(values, categorical=False))
+    assert payload["constant"] == [True, False, True]
+    stats = SensorStats(payload["bands"], payload["mean"], payload["std"], payload["constant"])
+    spec = SensorSpec("toy", ("flat", "ramp", "empty"), (BandGroup("all", ("flat", "ramp", "empty"), 10.0),))
+    x = np.array([[[[7.0]], [[20.0]], [[SENTINEL]]]], np.float32)  # (T, C, H, W)
+    out = Standardizer({"toy": stats}, {"toy": spec})("toy", x)
+    ramp = np.arange(40.0)
+    np.testing.assert_allclose(out[0, :2, 0, 0], [0.0, (20.0 - ramp.mean()) / ramp.std()], rtol=1e-6)
+    assert out[0, 2, 0, 0] == SENTINEL
+
+
+def test_a_constant_flag_with_a_nonzero_std_is_refused() -> None:
+    stats = SensorStats(["a"], [1.0], [2.0], [True], source="x/stats.json")
+    with pytest.raises(StatsError, match=r"x/stats\.json: sensor 's', band 'a': the band is flagged constant but its std is 2\.0"):
+        stats.check("s")

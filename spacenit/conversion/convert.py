@@ -110,6 +110,10 @@ SAMPLES_PER_TASK = 8
 TASKS_IN_FLIGHT_PER_WORKER = 2
 #: Default cap on the tiles one scene may become with `tile_scenes` (`--max-tiles-per-scene`).
 MAX_TILES_PER_SCENE = 20_000
+#: The automatic tile side is at least this many reference pixels, rounded up to a multiple of
+#: every grid's pixel and of PATCH_MULTIPLE_PX (Sentinel-2 at 10/20/60 m: 72 px).
+AUTO_TILE_PX = 64
+PATCH_MULTIPLE_PX = 8
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -125,7 +129,8 @@ class EmptyTileError(RasterReadError):
 
 @dataclass(frozen=True)
 class ConvertOptions:
-    tile_size_px: int = 64
+    #: Tile side in reference pixels; None: AUTO_TILE_PX rounded up to whole pixels of every grid and patches.
+    tile_size_px: int | None = None
     #: Pixel size `tile_size_px` counts in; None: the finest grid of the dataset.
     gsd_m: float | None = None
     samples_per_shard: int = 64
@@ -200,7 +205,7 @@ def convert(
     *,
     layout: str = "auto",
     sensor: str = "sentinel2_l1c",
-    tile_size_px: int = 64,
+    tile_size_px: int | None = None,
     gsd_m: float | None = None,
     samples_per_shard: int = 64,
     assume_crs: str | None = None,
@@ -238,7 +243,7 @@ def convert(
 def _convert_locked(samples: list[SampleInput], input_dir: Path, output_dir: Path, options: ConvertOptions,
                     workers: int, partition: tuple[int, int] | None, progress: bool) -> ConvertReport:  # fmt: skip
     contents = _dataset_contents(samples, options)  # over all samples, so that every partition agrees
-    options = replace(options, gsd_m=contents.reference_gsd_m)
+    options = replace(options, gsd_m=contents.reference_gsd_m, tile_size_px=contents.tile_size_px)
     # Until this run finishes, the directory is no dataset (readers say "re-run convert"), and
     # no report from an earlier run claims otherwise.
     (output_dir / DATASET_JSON).unlink(missing_ok=True)
@@ -267,7 +272,7 @@ def _convert_locked(samples: list[SampleInput], input_dir: Path, output_dir: Pat
         failures.extend(result.failures)
         absent.extend(result.absent_timesteps)
     info = DatasetInfo(
-        sensors=contents.sensors, tile_size_px=options.tile_size_px, gsd_m=contents.reference_gsd_m,
+        sensors=contents.sensors, tile_size_px=contents.tile_size_px, gsd_m=contents.reference_gsd_m,
         num_timesteps=contents.num_timesteps, samples=records, grids=dict(contents.grids), storage=options.storage,
         layout="one_grid" if options.one_grid else "native", label_raster=contents.label_raster,
     )  # fmt: skip
@@ -305,7 +310,7 @@ def drop_absent_sensors(info: DatasetInfo) -> list[str]:
 
 
 def _check_options(options: ConvertOptions, workers: int, partition: tuple[int, int] | None) -> None:
-    if (options.tile_size_px < 1 or options.samples_per_shard < 1 or workers < 1
+    if ((options.tile_size_px is not None and options.tile_size_px < 1) or options.samples_per_shard < 1 or workers < 1
             or (options.gsd_m is not None and not options.gsd_m > 0)):  # fmt: skip
         raise ConversionError(
             f"tile_size_px ({options.tile_size_px}), samples_per_shard ({options.samples_per_shard}), "
@@ -334,6 +339,7 @@ class DatasetContents:
     grids: dict[str, tuple[Grid, ...]]
     #: Pixel size `tile_size_px` counts in; the footprint is tile_size_px * reference_gsd_m.
     reference_gsd_m: float
+    tile_size_px: int
     label_raster: LabelRasterSpec | None = None
 
 
@@ -371,15 +377,26 @@ def _dataset_contents(samples: list[SampleInput], options: ConvertOptions) -> Da
     label_raster = None
     if label_gsd is not None:
         label_raster = LabelRasterSpec(reference if options.one_grid else label_gsd, options.label_ignore_value)
-    _check_footprint(options.tile_size_px, reference, sensors, grids, label_raster)
-    return DatasetContents(sensors, num_timesteps, grids, reference, label_raster)
+    sizes = [g.gsd_m for name in sensors if sensors[name].spatial for g in grids[name]]
+    sizes += [label_raster.gsd_m] if label_raster is not None else []
+    tile = options.tile_size_px or _auto_tile_px(reference, sizes)
+    _check_footprint(tile, reference, sensors, grids, label_raster)
+    return DatasetContents(sensors, num_timesteps, grids, reference, tile, label_raster)
+
+
+def _auto_tile_px(reference_gsd_m: float, grid_sizes: list[float]) -> int:
+    """The smallest tile side of at least AUTO_TILE_PX reference pixels that is whole pixels of every
+    grid and whole patches of PATCH_MULTIPLE_PX."""
+    unit = math.lcm(PATCH_MULTIPLE_PX, *((metres(g) / metres(reference_gsd_m)).numerator for g in grid_sizes))
+    return -(-AUTO_TILE_PX // unit) * unit
 
 
 def _probe_band_gsd(samples: list[SampleInput], spec: SensorSpec, options: ConvertOptions) -> dict[str, float]:
     """Band -> the pixel size it is stored at: that of the first readable file giving it, snapped to
-    one of the sensor's registry GSDs when within 2% (chips reprojected upstream come at 10.016 m);
+    one of the sensor's registry GSDs or the requested reference GSD when within 2% (chips
+    reprojected upstream come at 10.016 m);
     bands no readable file gives are left out. Files are opened for their header only."""
-    registry = sorted({g.gsd_m for g in spec.groups})
+    registry = sorted({g.gsd_m for g in spec.groups} | ({options.gsd_m} if options.gsd_m else set()))
     found: dict[str, float] = {}
     for sample in samples:
         for acquisition in sample.files.get(spec.name, []):

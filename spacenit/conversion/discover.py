@@ -237,16 +237,18 @@ def _acquisitions(sensor_dir: Path) -> list[Acquisition]:
 
 
 def _files_following_links(root: Path) -> list[Path]:
-    """Every file under `root`, descending into linked folders too (each real folder once: a
-    link to an ancestor does not loop), in sorted order of their paths under `root`."""
-    out, seen = [], set()
+    """Every file under `root`, descending into linked folders too, in sorted order.
+
+    Only a link back to a folder on its own path (a cycle) is not descended into: its files
+    are listed under their own path already. A folder reached by two paths lists its files
+    twice, and their sample ids then fail as duplicates naming each other: never a silent skip.
+    """
+    out = []
     for folder, dirs, files in os.walk(root, followlinks=True):
-        real = Path(folder).resolve()
-        if real in seen:
-            dirs.clear()
-            continue
-        seen.add(real)
-        out += [Path(folder) / f for f in files]
+        here = Path(folder)
+        ancestors = {here.resolve(), *here.resolve().parents}
+        dirs[:] = [d for d in dirs if (here / d).resolve() not in ancestors]
+        out += [here / f for f in files]
     return sorted(out)
 
 

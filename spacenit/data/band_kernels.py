@@ -31,7 +31,7 @@ COUNT, SHIFT, SUM, SUM_SQUARES, MIN, MAX = range(6)
 _FAST = {"reassoc", "nsz", "nnan", "contract"}
 
 
-def _jit(**options):
+def nogil_jit(**options):
     """numba.njit without the GIL, cached on disk where numba finds a writable place."""
 
     def compile_later(fn):
@@ -43,7 +43,7 @@ def _jit(**options):
     return compile_later
 
 
-@_jit(fastmath=_FAST)
+@nogil_jit(fastmath=_FAST)
 def band_sums(values: np.ndarray, shifts: np.ndarray, shifted: np.ndarray) -> np.ndarray:
     """(C, 6) float64 per band: count, shift K, sum of (x - K), sum of (x - K)^2, min, max.
 
@@ -85,7 +85,7 @@ def band_sums(values: np.ndarray, shifts: np.ndarray, shifted: np.ndarray) -> np
     return out
 
 
-@_jit()
+@nogil_jit()
 def _first_valid(values: np.ndarray, c: int) -> float:
     """Band c's first value that is not the sentinel; 0 if there is none."""
     rows, _, size = values.shape
@@ -96,7 +96,7 @@ def _first_valid(values: np.ndarray, c: int) -> float:
     return 0.0
 
 
-@_jit(inline="always")
+@nogil_jit(inline="always")
 def _bucket(bits: np.uint32) -> np.int64:
     """A float32's histogram bucket: its top 16 bits, reordered so that buckets follow the values.
 
@@ -107,7 +107,7 @@ def _bucket(bits: np.uint32) -> np.int64:
     return top ^ (0xFFFF if top & 0x8000 else 0x8000)
 
 
-@_jit()
+@nogil_jit()
 def bucket_range(values: np.ndarray, stride: int) -> np.ndarray:
     """(C, 2) int64: the lowest and highest histogram bucket (`_bucket`) of the valid
     values at every `stride`-th position of a row; (65536, -1) for a band without one."""
@@ -125,7 +125,7 @@ def bucket_range(values: np.ndarray, stride: int) -> np.ndarray:
     return out
 
 
-@_jit()
+@nogil_jit()
 def bucket_counts(values: np.ndarray, stride: int, low: np.ndarray, span: int) -> tuple[np.ndarray, int]:
     """((C, span) int64, misses): counts of the valid values at every `stride`-th position
     of a row, by histogram bucket (`_bucket`) minus the band's `low`, and how many values
@@ -147,10 +147,13 @@ def bucket_counts(values: np.ndarray, stride: int, low: np.ndarray, span: int) -
 
 
 def warm_up() -> None:
-    """Compile (or load from the cache) the kernels for what `stats` gives them: float32
-    band views. The images run it at build time, so a stage's fresh container does not
+    """Compile (or load from the cache) the kernels for what `stats` gives them, float32
+    band views, and the HDF5 chunk checksum. The images run it at build time, so a stage's fresh container does not
     spend its first ~2 s compiling."""
+    from spacenit.data.checksums import fletcher32
+
     values = np.ones((1, 2, 8), dtype=np.float32)
+    fletcher32(values.tobytes())  # every HDF5 chunk read or written
     band_sums(values, np.zeros(2), np.zeros(2, dtype=np.bool_))
     bucket_range(values, 4)
     bucket_counts(values, 4, np.zeros(2, dtype=np.int64), 1)

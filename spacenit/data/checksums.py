@@ -12,8 +12,7 @@ from __future__ import annotations
 import google_crc32c
 import numpy as np
 
-#: Words per block of the weighted sum (each product is below 2**32, a block's sum below 2**52).
-_BLOCK_WORDS = 1 << 20
+from spacenit.data.band_kernels import nogil_jit
 
 
 def crc32c(data: bytes) -> bytes:
@@ -22,30 +21,46 @@ def crc32c(data: bytes) -> bytes:
 
 
 def fletcher32(data: bytes) -> bytes:
-    """The 4 bytes HDF5's Fletcher-32 filter appends (H5_checksum_fletcher32, little endian).
+    """The 4 bytes HDF5's Fletcher-32 filter appends (H5_checksum_fletcher32, little endian)."""
+    words = np.frombuffer(data, dtype="<u2", count=len(data) // 2)
+    last = data[-1] if len(data) % 2 else -1
+    return int(_fletcher32(words, last)).to_bytes(4, "little")
 
-    HDF5 sums the data as big-endian 16-bit words (an odd last byte as its high
-    byte) in two running sums that it folds, (x & 0xffff) + (x >> 16), as it goes.
-    Folding keeps a sum's value modulo 65535 and never turns a positive sum into
-    zero, so the result is: 0 for an all-zero sum, else 1 + (S - 1) mod 65535,
-    with S1 the sum of the words and S2 the sum of their running totals, i.e. of
-    (n - i) * word_i. Here both are computed with numpy in blocks (exact in int64).
+
+@nogil_jit(fastmath=True)
+def _fletcher32(words: np.ndarray, last: int) -> np.int64:
+    """HDF5's Fletcher-32 over `words` read little endian (HDF5 sums them big endian: swapped
+    here) and an odd last byte (-1: none), which counts as a word's high byte.
+
+    HDF5 folds its two sums as (x & 0xffff) + (x >> 16) after every 360 words, which keeps
+    them below 2**32, so int64 arithmetic gives its uint32 results. Within a block of L words
+    the sums advance by closed forms that vectorize: sum1 += S and sum2 += L * sum1 + W, with
+    S the sum of the words and W the sum of (L - j) * word_j (the same values, added in
+    another order); float64 holds them exactly (below 2**53).
     """
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size % 2:
-        raw = np.concatenate((raw, np.zeros(1, np.uint8)))
-    words = raw.view(">u2").astype(np.int64)
-    n = words.size
-    s2 = 0
-    for start in range(0, n, _BLOCK_WORDS):  # products stay below 2**52 per block
-        block = words[start : start + _BLOCK_WORDS]
-        weights = (n - start - np.arange(block.size, dtype=np.int64)) % 65535
-        s2 = (s2 + int(np.dot(block, weights))) % 65535
-    nonzero = bool(words.any())
-    sum1, sum2 = _folded(int(words.sum()), nonzero), _folded(s2, nonzero)
-    return ((sum2 << 16) | sum1).to_bytes(4, "little")
-
-
-def _folded(total: int, nonzero: bool) -> int:
-    """What HDF5's repeated folding leaves of a running sum of `total` (mod 65535)."""
-    return 0 if not nonzero else 1 + (total - 1) % 65535
+    n = words.shape[0]
+    sum1 = np.int64(0)
+    sum2 = np.int64(0)
+    start = 0
+    while start < n:
+        length = min(360, n - start)
+        block_sum = 0.0
+        weighted = 0.0
+        for j in range(length):
+            raw = words[start + j]
+            word = np.float64(((raw & 0xFF) << 8) | (raw >> 8))
+            block_sum += word
+            weighted += (length - j) * word
+        sum2 += length * sum1 + np.int64(weighted)
+        sum1 += np.int64(block_sum)
+        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+        start += length
+    if last >= 0:
+        sum1 += np.int64(last) << 8
+        sum2 += sum1
+        sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+        sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    sum1 = (sum1 & 0xFFFF) + (sum1 >> 16)
+    sum2 = (sum2 & 0xFFFF) + (sum2 >> 16)
+    return (sum2 << 16) | sum1

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -227,10 +226,15 @@ class DatasetInfo:
 
 
 def write_json_atomic(path: Path, payload: dict | list) -> None:
-    """Write JSON so that readers see either the old file or the whole new one."""
+    """Write JSON so that readers see either the old file or the whole new one.
+
+    The file gets the mode any new file gets (0o666 less the umask), not mkstemp's 0600:
+    other users of a shared volume read datasets and stats.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(readable_json(payload))
@@ -290,17 +294,25 @@ class DatasetLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def dataset_lock(root: Path, what: str) -> Iterator[None]:
+def dataset_lock(root: Path, what: str, *, required: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on the dataset directory `root` while `what` writes it.
 
     A POSIX record lock (`fcntl.lockf`) on `root/.spacenit.lock`: the kernel drops it
     when the process ends however it ends, so a killed writer never leaves a stale
     lock, and NFS (v4, or v3 with lockd) carries it between machines sharing the
-    volume. A second writer fails at once, naming the directory.
+    volume. A second writer fails at once, naming the directory. With `required`
+    false, a directory where the lock file cannot be made (read-only: nothing can be
+    writing it) is used without one.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if required or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        yield
+        return
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -7,7 +7,9 @@ Two methods:
   and mean + 2 std to 1: (x - (mean - 2 std)) / (4 std).
 
 Categorical sensors (class codes) pass through unchanged: a z-scored class
-code means nothing.
+code means nothing. A band flagged constant in the stats (std 0: one value, or
+none) is divided by 1 instead of its std; any other std that is not a finite
+number > 0, or a mean that is not finite, is refused (`SensorStats.check`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class Standardizer:
     """Normalize each band with its own stats, selected by band name; sentinel positions stay sentinel.
 
     Refuses stats that lack a band of the data, since a silent mismatch would
-    normalize one band with another band's numbers.
+    normalize one band with another band's numbers, and stats whose values
+    cannot standardize a band (NaN, infinite, negative or unflagged zero std).
     """
 
     def __init__(self, stats: dict[str, SensorStats], sensors: dict[str, SensorSpec], method: str = "zscore") -> None:
@@ -44,12 +47,13 @@ class Standardizer:
         missing = [b for b in spec.bands if b not in s.bands]
         if missing:
             raise StatsError(
-                f"stats bands for {name!r} are {list(s.bands)}, the data has {list(spec.bands)} "
+                f"{s.source}: stats bands for {name!r} are {list(s.bands)}, the data has {list(spec.bands)} "
                 f"(no stats for {missing}); these stats belong to another dataset"
             )
+        s.check(name)
         order = [list(s.bands).index(b) for b in spec.bands]  # by name, whatever the stats' order
-        mean, std = s.mean[order], s.std[order]
-        std = np.where(std > 0, std, 1.0)  # a constant band has std 0: divide by 1 instead of blowing up
+        mean = s.mean[order]
+        std = np.where(s.constant[order], 1.0, s.std[order])  # a constant band: x - mean
         if self.method == "two_std":
             return (mean - 2 * std).astype(np.float32), (4 * std).astype(np.float32)
         return mean.astype(np.float32), std.astype(np.float32)

@@ -44,12 +44,13 @@ from spacenit.data.band_kernels import (
     bucket_counts,
     bucket_range,
 )
-from spacenit.data.format import DATASET_JSON, dataset_lock, write_json_atomic
+from spacenit.data.format import DATASET_JSON, dataset_lock, load_dataset_info, write_json_atomic
 from spacenit.data.shards import DatasetReader, Shard, ShardError, array_key
+from spacenit.io_errors import check_writable, naming
 from spacenit.sensors import SENTINEL
 
 STATS_JSON = "stats.json"
-STATS_VERSION = 2
+STATS_VERSION = 3
 #: Percentiles written for robust normalization (e.g. clip to p2..p98).
 PERCENTILES = (1.0, 2.0, 50.0, 98.0, 99.0)
 #: Bytes of float32 samples read and reduced at once; bounds memory for large tiles.
@@ -484,11 +485,13 @@ def compute_stats(
 ) -> Path:
     """Compute stats over the samples of the dataset (all, or `max_samples` chosen with `seed`).
 
-    Writes and returns `stats.json` (default `<dataset_dir>/stats.json`); holds the
-    dataset's lock meanwhile, so it never reads a dataset that `convert` is writing.
+    Writes and returns `stats.json` (default `<dataset_dir>/stats.json`). Fails before reading
+    any shard when that file cannot be written (a read-only dataset: give `output_path`). Holds
+    the dataset's lock meanwhile, so it never reads a dataset that `convert` is writing (a
+    read-only dataset, which nothing can be writing, is read without it).
     """
     dataset_dir = Path(dataset_dir)
-    with dataset_lock(dataset_dir, "spacenit stats"):
+    with dataset_lock(dataset_dir, "spacenit stats", required=False):
         return _compute_stats(dataset_dir, output_path, progress=progress, workers=workers,
                               max_samples=max_samples, seed=seed)  # fmt: skip
 
@@ -497,6 +500,8 @@ def _compute_stats(dataset_dir: Path, output_path: str | Path | None, *, progres
                    max_samples: int | None, seed: int) -> Path:  # fmt: skip
     reader = DatasetReader(dataset_dir)
     info = reader.info
+    out = Path(output_path) if output_path else dataset_dir / STATS_JSON
+    check_writable(out)
     chosen = _choose_samples(len(reader), max_samples, seed)
     tasks = _shard_tasks(reader, chosen)
     bar = tqdm(total=len(chosen), desc="stats", unit="sample", disable=not progress)
@@ -519,8 +524,8 @@ def _compute_stats(dataset_dir: Path, output_path: str | Path | None, *, progres
         "sensors": {name: _sensor_payload(spec.bands, _sensor_accumulator(info, name, totals))
                     for name, spec in info.sensors.items()},
     }
-    out = Path(output_path) if output_path else dataset_dir / STATS_JSON
-    write_json_atomic(out, payload)
+    with naming(out):
+        write_json_atomic(out, payload)
     return out
 
 
@@ -565,6 +570,8 @@ def _sensor_payload(bands: tuple[str, ...], acc: SensorAccumulator) -> dict:
         "count": m.count.astype(np.int64).tolist(),
         "mean": m.mean.tolist(),
         "std": m.std.tolist(),
+        # std 0: every valid value is the same, or there is none; standardized as x - mean.
+        "constant": (m.std == 0).tolist(),
         "min": finite(m.min),
         "max": finite(m.max),
     }
@@ -586,13 +593,54 @@ def _fingerprint(dataset_dir: Path) -> str:
 
 @dataclass
 class SensorStats:
+    """What standardizes one sensor: per band (in `bands` order) mean, std, and the constant flag."""
+
     bands: list[str]
     mean: np.ndarray
     std: np.ndarray
+    #: True where the band has one value (std 0) or none; it is standardized as x - mean. None: no band is.
+    constant: np.ndarray | None = None
+    #: Where these numbers come from (a stats.json, a checkpoint's spacenit.json), for error messages.
+    source: str = "the stats"
+
+    def __post_init__(self) -> None:
+        self.bands = list(self.bands)
+        self.mean, self.std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
+        constant = np.zeros(len(self.bands), np.bool_) if self.constant is None else self.constant
+        self.constant = np.asarray(constant, np.bool_)
+        lengths = {len(self.bands), len(self.mean), len(self.std), len(self.constant)}
+        if len(lengths) > 1:
+            raise StatsError(f"{self.source}: bands {self.bands} have {len(self.mean)} means, {len(self.std)} stds "
+                             f"and {len(self.constant)} constant flags; re-create it with `spacenit stats`")  # fmt: skip
+
+    def check(self, sensor: str) -> None:
+        """StatsError naming the source, the sensor and the band for a value that cannot standardize it.
+
+        Mean and std must be finite; std > 0, or 0 for a band flagged constant.
+        """
+        for band, mean, std, constant in zip(self.bands, self.mean, self.std, self.constant, strict=True):
+            if not np.isfinite(mean) or not np.isfinite(std):
+                problem = f"mean {mean} and std {std} must be finite numbers"
+            elif std < 0:
+                problem = f"std {std} is negative"
+            elif constant and std != 0:
+                problem = f"the band is flagged constant but its std is {std}, not 0"
+            elif not constant and std == 0:
+                problem = "std is 0 but the band is not flagged constant (`constant`), so it cannot be divided by"
+            else:
+                continue
+            raise StatsError(f"{self.source}: sensor {sensor!r}, band {band!r}: {problem}; "
+                             "re-create it with `spacenit stats DATASET_DIR`")  # fmt: skip
 
 
-def load_stats(path: str | Path) -> dict[str, SensorStats]:
-    """Read stats.json; errors name the file and the command that makes it."""
+def load_stats(path: str | Path, dataset_dir: str | Path | None = None) -> dict[str, SensorStats]:
+    """Read and check stats.json; errors name the file, the band, and the command that makes it.
+
+    Every value must be usable (`SensorStats.check`), and each band's mean must lie
+    within its min and max, and its std within half their distance. With
+    `dataset_dir`, the stats must also be of that dataset: the same
+    `dataset_fingerprint`, and every band of every sensor it has.
+    """
     path = Path(path)
     if not path.is_file():
         raise StatsError(f"stats file {path} does not exist; create it with `spacenit stats DATASET_DIR`")
@@ -604,9 +652,45 @@ def load_stats(path: str | Path) -> dict[str, SensorStats]:
                 f"{path} has stats version {version}, this SpaceNit reads version {STATS_VERSION}; "
                 "re-create it with `spacenit stats`"
             )
-        return {
-            name: SensorStats(list(s["bands"]), np.asarray(s["mean"], np.float64), np.asarray(s["std"], np.float64))
-            for name, s in payload["sensors"].items()
-        }
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise StatsError(f"{path} is not a SpaceNit stats file ({e}); re-create it with `spacenit stats`") from None
+        stats = {}
+        for name, entry in payload["sensors"].items():
+            stats[name] = SensorStats(entry["bands"], np.asarray(entry["mean"], np.float64),
+                                      np.asarray(entry["std"], np.float64), entry["constant"], str(path))  # fmt: skip
+            stats[name].check(name)
+            _check_range(path, name, entry)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, StatsError):
+            raise
+        raise StatsError(f"{path} is not a SpaceNit stats file ({type(e).__name__}: {e}); "
+                         "re-create it with `spacenit stats`") from None  # fmt: skip
+    if dataset_dir is not None:
+        _check_dataset(path, payload["dataset_fingerprint"], stats, Path(dataset_dir))
+    return stats
+
+
+def _check_range(path: Path, sensor: str, entry: dict) -> None:
+    """Each band's mean within [min, max] and std within (max - min) / 2, up to rounding; min and max
+    are absent (null) for a band without a valid value."""
+    for band, count, mean, std, low, high in zip(entry["bands"], entry["count"], entry["mean"], entry["std"],
+                                                 entry["min"], entry["max"], strict=True):  # fmt: skip
+        if not count:
+            continue
+        slack = 1e-9 * max(abs(low), abs(high), 1.0)
+        if not (low - slack <= mean <= high + slack and std <= (high - low) / 2 + slack):
+            raise StatsError(f"{path}: sensor {sensor!r}, band {band!r}: mean {mean} and std {std} cannot come "
+                             f"from values between min {low} and max {high}; re-create it with "
+                             "`spacenit stats DATASET_DIR`")  # fmt: skip
+
+
+def _check_dataset(path: Path, fingerprint: str, stats: dict[str, SensorStats], dataset_dir: Path) -> None:
+    """StatsError unless `stats` (read from `path`) were computed on the dataset in `dataset_dir`."""
+    info = load_dataset_info(dataset_dir)
+    actual = _fingerprint(dataset_dir)
+    if fingerprint != actual:
+        raise StatsError(f"{path} was computed on another dataset (dataset_fingerprint {fingerprint}; "
+                         f"{dataset_dir / DATASET_JSON} has {actual}): re-run `spacenit stats {dataset_dir}`")  # fmt: skip
+    for name, spec in info.sensors.items():
+        missing = [b for b in spec.bands if name not in stats or b not in stats[name].bands]
+        if missing:
+            raise StatsError(f"{path} has no stats for sensor {name!r}, band(s) {missing}, which the dataset "
+                             f"{dataset_dir} has; re-run `spacenit stats {dataset_dir}`")  # fmt: skip

@@ -10,9 +10,10 @@ Built in:
 - `RawPixelAdapter`: per band mean and standard deviation of the
   standardized pixels; the "no model at all" baseline.
 
-External encoders (DINOv3, Clay, Prithvi, ...) implement `EncoderAdapter`
-(a `name` and `features(task, patch_tokens=...)`) and are registered with
-`register_adapter`, or passed to `spacenit evaluate --adapter module:factory`.
+External encoders implement `EncoderAdapter` (a `name` and
+`features(task, patch_tokens=...)`) and are registered with `register_adapter`
+(Galileo nano and Presto: external_adapters.py), or passed to
+`spacenit evaluate --adapter module:factory`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def register_adapter(name: str) -> Callable:
 
 def build_adapter(spec: str) -> EncoderAdapter:
     """A registered adapter by name, or `package.module:factory` imported and called."""
+    import spacenit.evaluation.external_adapters  # noqa: F401  (registers galileo_nano and presto)
+
     if spec in ADAPTERS:
         return ADAPTERS[spec]()
     if ":" in spec:
@@ -177,7 +180,7 @@ class RawPixelAdapter:
         _check_order(reader, task)
         specs = reader.info.sensors
         self._tile_px = reader.info.tile_size_px
-        standardize = Standardizer(load_stats(task.stats_path), specs)  # a transfer task's test side: the training side's
+        standardize = Standardizer(load_stats(task.stats_path, task.stats_dir or task.dataset_dir), specs)  # a transfer task's test side: the training side's
         pooled, tokens = [], []
         with warnings.catch_warnings():
             # All-missing bands or patches give "mean of empty slice": they become 0 (pooled) or NaN (tokens).

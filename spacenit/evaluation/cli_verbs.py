@@ -28,7 +28,7 @@ EVALUATION_EXAMPLES = {
   spacenit embed ckpt bigearthnet-ds emb.zarr --sensor-map sentinel2_l1c=sentinel2_l2a --allow-missing-bands
   # a GeoTIFF scene larger than the window -> georeferenced per-patch embeddings:
   spacenit embed ckpt scene.tif scene_emb.tif --zarr scene_emb.zarr --bands B2,B3,B4,B5,B6,B7 \\
-      --window-px 64 --overlap-px 16
+      --window-px 64 --overlap-px 16 --allow-missing-bands   # the model's other bands: no data
 
 A .tif input is embedded window by window (overlapping windows, blended) into a
 Cloud-Optimized GeoTIFF (and/or --zarr) on the scene's grid coarsened by the patch size.""",
@@ -49,7 +49,8 @@ one the probe says so and uses a seeded 70/30 split. Metrics come with 95% boots
   spacenit evaluate --train eurosat --test path/to/other-eurosat-like-dataset --baseline raw_pixels
   # one report of every model x probe x dataset, logged to MLflow:
   spacenit evaluate eurosat bigearthnet so2sat --model nano=out/checkpoint --pooling mean,cls \\
-      --baseline random_init --baseline raw_pixels --adapter galileo_nano --adapter presto --report eval/report.md
+      --baseline random_init --baseline raw_pixels --baseline galileo_nano --baseline presto --report eval/report.md
+  spacenit evaluate eurosat --baseline galileo_nano --baseline presto --baseline random_init
 
 Tasks: eurosat, bigearthnet, so2sat, sen1floods11, sen1floods11-bolivia, pastis, mados, cdl,
 geobench-<task> (each from its folder under --data-root, docs/evaluation.md), or a converted
@@ -114,8 +115,9 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
                    help="test the probes trained on --train on this task (repeatable): data the model never saw")  # fmt: skip
     v.add_argument("--model", type=_key_value, action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="a SpaceNit checkpoint or models:/ URI under a name (repeatable)")  # fmt: skip
-    v.add_argument("--baseline", action="append", default=[], choices=["random_init", "raw_pixels"],
-                   help="random_init: each --model's architecture untrained; raw_pixels: band mean/std")  # fmt: skip
+    v.add_argument("--baseline", action="append", default=[], metavar="NAME",
+                   help="random_init: each --model's and external baseline's architecture untrained; raw_pixels: "
+                        "band mean/std; galileo_nano, presto: published external models (repeatable)")  # fmt: skip
     v.add_argument("--adapter", action="append", default=[], metavar="NAME|module:factory", help="an external encoder adapter")
     v.add_argument("--probes", default="knn,linear,prototypical", help="comma-separated of knn, linear, prototypical, attentive, finetune")
     v.add_argument("--pooling", default="mean", help="comma-separated poolings of each --model: mean, cls, both (default: %(default)s)")
@@ -146,7 +148,7 @@ def run_evaluation_verb(args: argparse.Namespace) -> int:
         from spacenit.evaluation.probe import probe
 
         metrics = probe(args.embeddings, args.output, k=args.k, seed=args.seed, test_fraction=args.test_fraction,
-                        tracking_uri=args.tracking_uri, experiment=args.experiment, probes=args.probes.split(","),
+                        tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment, probes=args.probes.split(","),
                         test_embeddings=args.test)  # fmt: skip
         print(json.dumps(metrics, indent=1))
         return 0
@@ -163,13 +165,21 @@ def run_evaluation_verb(args: argparse.Namespace) -> int:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    if args.dataset_dir.suffix.lower() in (".tif", ".tiff") and args.dataset_dir.is_file():
+    from spacenit.evaluation.embed import EmbedError
+
+    if args.dataset_dir.is_file() and args.dataset_dir.suffix.lower() not in (".tif", ".tiff"):
+        raise EmbedError(f"{args.dataset_dir} is a file, neither a dataset directory (`spacenit convert`) "
+                         "nor a GeoTIFF scene (.tif)")  # fmt: skip
+    if args.dataset_dir.is_file():
         from spacenit.evaluation.sliding import embed_scene
 
+        if args.sensor_map:
+            raise EmbedError("--sensor-map maps a dataset's sensors; a scene feeds one model sensor: pick it with --sensor")
         outputs = [args.output] + ([args.zarr] if args.zarr else [])
         result = embed_scene(args.model, args.dataset_dir, outputs, bands=args.bands.split(",") if args.bands else None,
                              sensor=args.sensor, window_px=args.window_px, overlap_px=args.overlap_px,
-                             batch_size=args.batch_size, month=args.month, tracking_uri=args.tracking_uri)  # fmt: skip
+                             batch_size=args.batch_size, month=args.month, tracking_uri=args.tracking_uri,
+                             allow_missing_bands=args.allow_missing_bands)  # fmt: skip
         print(f"wrote {', '.join(map(str, result.outputs))}: {result.shape[0]} x {result.shape[1]} cells x {result.channels} "
               f"channels, {result.crs}, {result.windows} windows")  # fmt: skip
         return 0
@@ -188,7 +198,7 @@ def _report(store, output: Path, tasks: list[str] | None, args: argparse.Namespa
     path = write_report(store, output, tasks=tasks)
     print(f"wrote {path}")
     if not args.no_mlflow:
-        run_id = log_report(store, path, tasks=tasks, tracking_uri=args.tracking_uri, experiment=args.experiment)
+        run_id = log_report(store, path, tasks=tasks, tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment)
         print(f"logged the report to MLflow run {run_id}")
 
 
@@ -216,9 +226,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         for pooling in args.pooling.split(","):
             models.append(SpaceNitAdapter(loaded.model, loaded.meta, name=name if pooling == "mean" else f"{name}[{pooling}]",
                                           sensor_map=args.sensor_map, pooling=pooling))  # fmt: skip
-    adapters = list(models)
+    external = [build_adapter(b) for b in args.baseline if b not in ("random_init", "raw_pixels")]
+    adapters = list(models) + external
     if "random_init" in args.baseline:
-        adapters += [m.random_twin() for m in models]
+        adapters += [m.random_twin() for m in models + external]
     if "raw_pixels" in args.baseline:
         adapters.append(RawPixelAdapter())
     adapters += [build_adapter(spec) for spec in args.adapter]
@@ -233,7 +244,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                   "task type's, not these classification probes: skipped", file=sys.stderr)  # fmt: skip
             continue
         results = run_benchmark(t, adapters, store=store, options=options, tracking_uri=args.tracking_uri,
-                                experiment=args.experiment, log_to_mlflow=not args.no_mlflow)  # fmt: skip
+                                experiment=args.mlflow_experiment, log_to_mlflow=not args.no_mlflow)  # fmt: skip
         scored.append(t.name)
         for r in results:
             k = r.key

@@ -1,8 +1,9 @@
 """Benchmark tasks: a converted dataset plus the truth a probe is scored against.
 
-- `eurosat`: EuroSAT MS chips (Sentinel-2 L1C, 10 classes), converted with
-  `spacenit convert --layout class_folders`. The folder holds one split only,
-  so the task is scored by 5-fold cross-fitting (see `splits.py`).
+- `eurosat`: EuroSAT MS chips (Sentinel-2 L1C, 10 classes), converted through a
+  manifest naming the files' band order (B8A last, as EuroSAT ships them). The
+  folder holds one split only, so the task is scored by 5-fold cross-fitting
+  (see `splits.py`).
 - `bigearthnet`: BigEarthNet patches, Sentinel-2 L2A (12 bands at 10, 20 and 60 m,
   each on its own grid) + Sentinel-1 (VV, VH), multi-label with the 19-class
   nomenclature; the train/val/test split comes with the data. v1 (bare arrays,
@@ -24,6 +25,7 @@ and reused.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -175,13 +177,28 @@ def _side(splits: list[str | None], wanted: tuple[str, ...]) -> np.ndarray:
     return named if len(named) else np.arange(len(splits))
 
 
+#: Band order of the EuroSAT MS GeoTIFFs (B8A last), unlike Sentinel-2 L1C's (B8A after B08): the per-band
+#: means of the chips show it (B09 ~730, B10 ~12, B11 ~1860, B12 ~1160, B8A ~2590 reflectance x 10000).
+EUROSAT_FILE_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
+
+
 def eurosat_task(data_root: str | Path, work_dir: str | Path) -> Task:
-    """EuroSAT MS from `data_root/eurosat_ms`, converted once into `work_dir/eurosat`."""
+    """EuroSAT MS from `data_root/eurosat_ms/<split>/<class>/<file>.tif`, converted once into `work_dir/eurosat_ms`
+    through a manifest that names each file's bands (`EUROSAT_FILE_BANDS`)."""
     from spacenit.conversion.convert import convert
 
-    source, out = Path(data_root) / "eurosat_ms", Path(work_dir) / "eurosat"
+    source, out = Path(data_root) / "eurosat_ms", Path(work_dir) / "eurosat_ms"
     if not (out / DATASET_JSON).is_file():
-        report = convert(source, out, layout="class_folders", sensor="sentinel2_l1c", progress=False)
+        manifest = Path(work_dir) / "eurosat_ms_manifest.csv"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        with manifest.open("w", newline="") as f:
+            rows = csv.writer(f)
+            rows.writerow(["sample_id", "sensor", "path", "label", "split", "bands"])
+            for tif in sorted(source.rglob("*.tif")):
+                parts = tif.relative_to(source).parts  # [<split>/]<class>/<file>.tif
+                split = parts[-3] if len(parts) > 2 else ""
+                rows.writerow([tif.stem, "sentinel2_l1c", "/".join(parts), parts[-2], split, " ".join(EUROSAT_FILE_BANDS)])
+        report = convert(source, out, layout="manifest", manifest=manifest, progress=False)
         if report.failures:
             raise ProbeError(f"EuroSAT conversion failed for {len(report.failures)} files, e.g. {report.failures[0]}")
     return task_from_dataset(out, name="eurosat", protocol=CROSSFIT)

@@ -52,8 +52,13 @@ def resolve_model(model: str | Path, tracking_uri: str | None = None) -> Path:
 
         from spacenit.train.tracking import default_tracking_uri
 
-        mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        uri = tracking_uri or default_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except mlflow.exceptions.MlflowException as e:
+            raise EmbedError(f"{text}: not found in the MLflow store {uri} ({e.message}); "
+                             "list the registered models with `mlflow models` or the MLflow UI") from None  # fmt: skip
         candidates = [local / "artifacts" / "checkpoint", local / "checkpoint", local]
         for c in candidates:
             if (c / "model.safetensors").is_file():
@@ -198,6 +203,10 @@ def embed(
     let a model run on data converted for a related sensor; see `inputs.py`.
     `pooling`: "mean", "cls" or "both" (`pooling.py`).
     """
+    output_path = Path(output_path)
+    if output_path.suffix and output_path.suffix.lower() != ".zarr":
+        raise EmbedError(f"{output_path}: a dataset's embeddings are a Zarr group; name it e.g. "
+                         f"{output_path.with_suffix('.zarr')}")  # fmt: skip
     net, meta = load_checkpoint(resolve_model(model, tracking_uri))
     inputs = model_inputs_for(meta, dataset_dir, sensor_map=sensor_map, allow_missing_bands=allow_missing_bands)
     dataset = ModelInputDataset(dataset_dir, inputs)
@@ -239,9 +248,19 @@ def load_embeddings(path: str | Path) -> Embeddings:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"embeddings {path} do not exist; create them with `spacenit embed`")
-    group = zarr.open_group(store=str(path), mode="r")
+    try:
+        group = zarr.open_group(store=str(path), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
+        group = None
+    if group is None or not isinstance(group, zarr.Group):
+        raise EmbedError(f"{path} is not a Zarr group of embeddings; write one with `spacenit embed MODEL DATASET OUT.zarr`")
     attrs = group.attrs.asdict()
     names = set(group.array_keys())
+    if "ids" not in attrs or EMBEDDINGS_ARRAY not in names:
+        what = ("a scene embedding (a georeferenced map of one GeoTIFF)" if "transform" in attrs
+                else "not per-sample embeddings")  # fmt: skip
+        raise EmbedError(f"{path} is {what}; probes take the per-sample embeddings of a labelled dataset: "
+                         "`spacenit embed MODEL DATASET OUT.zarr`")  # fmt: skip
     maps = np.asarray(group[PATCH_MAPS_ARRAY][...]) if PATCH_MAPS_ARRAY in names else None
     valid = np.asarray(group[PATCH_VALID_ARRAY][...]) if PATCH_VALID_ARRAY in names else None
     return Embeddings(np.asarray(group[EMBEDDINGS_ARRAY][...]), attrs["ids"], attrs["labels"], attrs["splits"], maps, valid)

@@ -98,6 +98,12 @@ def bind_sensors(
     `data_bands`: data sensor name -> its band names in storage order.
     """
     sensor_map = dict(sensor_map or {})
+    unknown = sorted(set(sensor_map) - {s.name for s in model_sensors})
+    if unknown:
+        raise InputBindingError(
+            f"the sensor map names model sensor(s) {unknown}, which the model does not have "
+            f"(it has {[s.name for s in model_sensors]}); map MODEL_SENSOR=DATA_SENSOR"
+        )
     bindings = []
     for spec in model_sensors:
         source = sensor_map.get(spec.name, spec.name)

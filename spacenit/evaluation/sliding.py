@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from spacenit.arch.models import SpaceNitModel
 from spacenit.evaluation.embed import EmbedError, resolve_model, to_device
-from spacenit.evaluation.georaster import open_writer
+from spacenit.evaluation.georaster import TIFF_SUFFIXES, open_writer
 from spacenit.evaluation.inputs import InputBindingError, ModelInputs, bind_sensors
 from spacenit.evaluation.patch_maps import embed_with_maps
 from spacenit.sensors import SENTINEL
@@ -150,15 +150,23 @@ def embed_scene(
     batch_size: int = 16,
     month: int = 0,
     tracking_uri: str | None = None,
+    allow_missing_bands: bool = False,
     progress: bool = True,
 ) -> SceneEmbedding:
-    """Embed `scene` window by window into each of `outputs` (.tif -> COG GeoTIFF, .zarr -> Zarr)."""
+    """Embed `scene` window by window into each of `outputs` (.tif -> COG GeoTIFF, .zarr -> Zarr).
+
+    A scene lacking some of the model sensor's bands is refused unless `allow_missing_bands`
+    (they are then no data).
+    """
+    paths = [Path(outputs)] if isinstance(outputs, str | Path) else [Path(o) for o in outputs]
+    for path in paths:
+        if path.suffix.lower() not in (*TIFF_SUFFIXES, ".zarr"):
+            raise EmbedError(f"{path}: write a scene's embeddings to a .tif (Cloud-Optimized GeoTIFF) or a .zarr path")
     net, meta = load_checkpoint(resolve_model(model, tracking_uri))
     net.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     p = patch_size or meta.patch_size
     if window_px % p or overlap_px % p or not 0 <= overlap_px < window_px:
         raise EmbedError(f"window {window_px} px and overlap {overlap_px} px must be multiples of the patch size {p}, overlap < window")
-    paths = [Path(outputs)] if isinstance(outputs, str | Path) else [Path(o) for o in outputs]
     with rasterio.open(scene) as src:
         if src.crs is None:
             raise EmbedError(f"{scene} has no CRS: a georeferenced output needs one (assign it with gdal_edit.py -a_srs)")
@@ -166,7 +174,8 @@ def embed_scene(
         target = _choose_sensor(meta, names, sensor)
         spec = next(s for s in meta.sensors if s.name == target)
         try:
-            binding = bind_sensors([spec], {"scene": names}, sensor_map={target: "scene"}, allow_missing_bands=True)
+            binding = bind_sensors([spec], {"scene": names}, sensor_map={target: "scene"},
+                                   allow_missing_bands=allow_missing_bands)  # fmt: skip
         except InputBindingError as e:
             raise EmbedError(f"{scene}: {e}") from None
         # Positions scale with the scene's own pixel size (metres in a projected CRS).

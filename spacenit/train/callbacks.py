@@ -100,7 +100,10 @@ class MLflowCallback(Callback):
     appended to `local_dir/mlflow_metrics.jsonl` as it is produced, so nothing
     is lost even if the server never comes back. At the end of training the
     queue gets `flush_timeout_s` to drain; what could not be sent is named in
-    a warning (the JSONL file has it). For an HTTP server, set
+    a warning (the JSONL file has it). A server that comes back without the run
+    (restarted on an empty backend) refuses every later record: they are dropped
+    from MLflow, with a warning that they survive only in the JSONL file, and
+    training goes on. For an HTTP server, set
     MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT low: this
     callback does its own retrying.
     """
@@ -124,6 +127,8 @@ class MLflowCallback(Callback):
         self.outage_since: float | None = None
         self.sent = 0
         self.dropped = 0
+        #: The server answered that the run does not exist (RESOURCE_DOES_NOT_EXIST); warned once.
+        self.run_lost = False
         self._thread = threading.Thread(target=self._worker, name="mlflow-logger", daemon=True)
         self._thread.start()
 
@@ -176,6 +181,9 @@ class MLflowCallback(Callback):
                 "MLflow at %s did not take %d record(s) before the timeout; every metric is in %s",
                 self.tracking_uri, len(self._queue), self.local_path,
             )  # fmt: skip
+        if self.run_lost:
+            log.warning("MLflow at %s lost run %s during training: it lacks the metrics logged since; "
+                        "every metric is in %s", self.tracking_uri, self.run_id, self.local_path)  # fmt: skip
 
     # ---- queue
 
@@ -220,9 +228,7 @@ class MLflowCallback(Callback):
                 self._send(kind, payload)
             except Exception as e:  # noqa: BLE001 - whatever the tracker raises, training goes on
                 if isinstance(e, MlflowException) and e.error_code in _PERMANENT:
-                    log.warning("MLflow refused a %s record (%s); dropping it", kind, e)
-                    self._pop(kind, payload)
-                    self.dropped += 1
+                    self._drop(kind, payload, e)
                     continue
                 if self.outage_since is None:
                     self.outage_since = time.monotonic()
@@ -242,6 +248,21 @@ class MLflowCallback(Callback):
                             self.tracking_uri, time.monotonic() - self.outage_since)  # fmt: skip
                 self.outage_since = None
             delay = 1.0
+
+    def _drop(self, kind: str, payload: Any, error: MlflowException) -> None:
+        """Give up on a record MLflow refused for good; say where its metrics remain."""
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            log.warning("MLflow refused a %s record (%s); dropping it", kind, error)
+        elif not self.run_lost:
+            # E.g. the server restarted on an empty backend: every later record is refused too.
+            self.run_lost = True
+            log.warning(
+                "MLflow at %s no longer has run %s (%s): it lost its store, e.g. restarted on an empty "
+                "backend. This run's metrics are dropped from MLflow from now on and survive only in %s",
+                self.tracking_uri, self.run_id, str(error)[:200], self.local_path,
+            )  # fmt: skip
+        self._pop(kind, payload)
+        self.dropped += 1
 
     def _pop(self, kind: str, payload: Any) -> None:
         with self._cond:

@@ -14,6 +14,7 @@ to a temporary directory renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from spacenit import __version__
@@ -56,19 +57,40 @@ class CheckpointMeta:
             "model": self.model.to_dict(),
             "sensors": [s.to_dict() for s in self.sensors],
             "patch_size": self.patch_size,
-            "stats": {k: {"bands": v.bands, "mean": v.mean.tolist(), "std": v.std.tolist()} for k, v in self.stats.items()},
+            "stats": {k: {"bands": v.bands, "mean": v.mean.tolist(), "std": v.std.tolist(),
+                          "constant": v.constant.tolist()} for k, v in self.stats.items()},  # fmt: skip
             "extra": self.extra,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> CheckpointMeta:
+    def from_dict(cls, d: dict, source: str = "the checkpoint's stats") -> CheckpointMeta:
+        """`source` (the spacenit.json read) is named by errors about the stats in it."""
         return cls(
             model=ModelConfig.from_dict(d["model"]),
             sensors=[SensorSpec.from_dict(s) for s in d["sensors"]],
             patch_size=int(d["patch_size"]),
-            stats={k: SensorStats(v["bands"], np.asarray(v["mean"]), np.asarray(v["std"])) for k, v in d["stats"].items()},
+            stats={k: SensorStats(v["bands"], v["mean"], v["std"], v.get("constant"), source) for k, v in d["stats"].items()},
             extra=d.get("extra", {}),
         )
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux says it (/proc), else set and restored."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        lines = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in lines if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write the weights with the mode a new file gets (0o666 less the umask), not safetensors' 0600.
+
+    Other users of a shared volume load the weights too.
+    """
+    save_file(state, str(path))
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def save_checkpoint(path: str | Path, model: SpaceNitModel, meta: CheckpointMeta) -> Path:
@@ -76,7 +98,7 @@ def save_checkpoint(path: str | Path, model: SpaceNitModel, meta: CheckpointMeta
     with atomic_directory(path) as tmp:
         tmp.mkdir(parents=True)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS))
+        _save_weights(state, tmp / WEIGHTS)
         (tmp / METADATA).write_text(json.dumps(meta.to_dict(), indent=1))
     return path
 
@@ -88,11 +110,24 @@ def load_checkpoint(path: str | Path) -> tuple[SpaceNitModel, CheckpointMeta]:
             f"{path} is not a SpaceNit checkpoint: expected {WEIGHTS} and {METADATA} in it "
             "(give the checkpoint directory written by `spacenit pretrain`, or a models:/ URI)"
         )
-    meta = CheckpointMeta.from_dict(json.loads((path / METADATA).read_text()))
+    try:
+        meta = CheckpointMeta.from_dict(json.loads((path / METADATA).read_text()), source=str(path / METADATA))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / METADATA} is not a SpaceNit checkpoint's metadata ({type(e).__name__}: {e}); "
+                              "export the checkpoint again with `spacenit pretrain`") from None  # fmt: skip
     model = SpaceNitModel(meta.model, meta.sensors)
-    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    model.load_state_dict(load_weights(path / WEIGHTS))
     model.eval()
     return model, meta
+
+
+def load_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged one is a CheckpointError naming it."""
+    try:
+        return load_file(str(path), device=device)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is damaged or "
+                              "truncated: use another checkpoint, or export this one again") from None  # fmt: skip
 
 
 # ---------------------------------------------------------------- training checkpoints (resume)
@@ -153,7 +188,7 @@ class Checkpointer(Callback):
         if is_sharded(acc):
             acc.load_state(str(self.resume_from / "accelerate"))
         else:
-            trainer.unwrapped.load_state_dict(load_file(str(self.resume_from / WEIGHTS), device=str(acc.device)))
+            trainer.unwrapped.load_state_dict(load_weights(self.resume_from / WEIGHTS, device=str(acc.device)))
             opt = torch.load(self.resume_from / OPTIMIZER_STATE, map_location=acc.device, weights_only=True)
             trainer.optimizer.load_state_dict(opt["optimizer"])
             trainer.scheduler.load_state_dict(opt["scheduler"])
@@ -211,7 +246,7 @@ class Checkpointer(Callback):
         if acc.is_main_process:
             if not is_sharded(acc):
                 state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(state, str(tmp / WEIGHTS))
+                _save_weights(state, tmp / WEIGHTS)
                 torch.save({"optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict()},
                            tmp / OPTIMIZER_STATE)  # fmt: skip
             train_state = {"step": step, "nonfinite_steps": trainer.nonfinite_steps, "world_size": acc.num_processes,

@@ -1,7 +1,7 @@
 """Named experiments: the 14 runs of bandset-merge-experiments.md as config presets.
 
     cfg = build_config("spacenit_base", experiment="merged_bandsets_cross_random_masked_neg")
-    spacenit pretrain DATA --stats S --output-dir O --experiment NAME --dry-run
+    spacenit pretrain DATA --stats S --output-dir O --experiment-config NAME --dry-run
 
 An experiment is a set of dotted config values applied over the model preset
 (and under `--set` overrides). All 14 share the masked-negatives loss: patch

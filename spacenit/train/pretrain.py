@@ -22,6 +22,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from accelerate import Accelerator
 from spacenit.arch.models import ModelConfig, SpaceNitModel, count_parameters
 from spacenit.config import Config, ConfigError
 from spacenit.data.crop import alignment_px, grid_factors
-from spacenit.data.format import write_json_atomic
+from spacenit.data.format import load_dataset_info, write_json_atomic
 from spacenit.data.loader import (
     BatchPlanner,
     GeoTileDataset,
@@ -41,6 +42,7 @@ from spacenit.data.loader import (
 )
 from spacenit.data.masking import MaskingConfig
 from spacenit.data.stats import load_stats
+from spacenit.io_errors import check_writable
 from spacenit.train.checkpoint import (
     CHECKPOINTS_DIR,
     Checkpointer,
@@ -50,6 +52,7 @@ from spacenit.train.checkpoint import (
     read_train_state,
     save_checkpoint,
 )
+from spacenit.train.config_rules import PRETRAIN_RULES, check_sensor_names
 from spacenit.train.module import ObjectiveConfig
 from spacenit.train.schedules import warmup_cosine
 from spacenit.train.trainer import Trainer, param_groups
@@ -117,12 +120,23 @@ class TrackingConfig(Config):
 
 @dataclass
 class PretrainConfig(Config):
+    """Everything a pretraining run reads; each value is checked against PRETRAIN_RULES when loaded."""
+
+    RULES: ClassVar = PRETRAIN_RULES
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: LoaderConfig = field(default_factory=LoaderConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.min_patch_size > self.data.max_patch_size:
+            raise ConfigError(f"data.min_patch_size={self.data.min_patch_size} is above data.max_patch_size="
+                              f"{self.data.max_patch_size}; it must be at most that")  # fmt: skip
+        if self.train.probe_every and self.train.distributed == "fsdp":
+            raise ConfigError("the in-loop probe runs on the main process alone, which FSDP cannot: set train.probe_every=0")
 
 
 def build_config(model_preset: str | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -170,14 +184,20 @@ def pretrain(
     Writes `output_dir/checkpoint/`, `output_dir/checkpoints/` and `output_dir/pretrain_summary.json`.
     Re-running with the same output_dir continues from the newest training checkpoint.
     """
-    config = config or PretrainConfig()
+    # Loaded again from its values, so that a config built in code is checked like a YAML file.
+    config = PretrainConfig.from_dict((config or PretrainConfig()).to_dict())
     tc = config.train
-    _check(tc)
-    stats = load_stats(stats_path)  # fails early, naming the file, when stats are missing
+    stats = load_stats(stats_path, dataset_dir)  # fails early, naming the file, when stats are missing or wrong
     output_dir = Path(output_dir)
     accelerator = _accelerator(tc, cpu)
     world, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.is_main_process:  # an unwritable output or an absent tracking server fails now, before a run
+        from spacenit.train.tracking import default_tracking_uri, require_reachable
 
+        check_writable(output_dir / SUMMARY_JSON)
+        require_reachable(tracking_uri or default_tracking_uri())
+
+    check_sensor_names(config, load_dataset_info(dataset_dir).sensors, dataset_dir)
     dataset = GeoTileDataset(dataset_dir, stats, sensors=config.data.sensors)
     micro = tc.micro_batch_size or tc.global_batch_size // world
     if tc.global_batch_size % (world * micro):
@@ -259,17 +279,6 @@ def pretrain(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
-
-
-def _check(tc: TrainConfig) -> None:
-    if tc.mixed_precision not in ("no", "bf16"):
-        raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got {tc.mixed_precision!r}")
-    if tc.distributed not in ("ddp", "fsdp"):
-        raise ConfigError(f"train.distributed must be 'ddp' or 'fsdp', got {tc.distributed!r}")
-    if tc.steps < 1 or tc.log_every < 1:
-        raise ConfigError("train.steps and train.log_every must be at least 1")
-    if tc.probe_every and tc.distributed == "fsdp":
-        raise ConfigError("the in-loop probe runs on the main process alone, which FSDP cannot: set train.probe_every=0")
 
 
 def _accelerator(tc: TrainConfig, cpu: bool) -> Accelerator:

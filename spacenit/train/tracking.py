@@ -16,8 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from spacenit import __version__
+from spacenit.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +54,68 @@ _KFP_TO_MLFLOW_STATUS = {
 }
 
 
+#: Seconds a run waits for a first answer from an HTTP tracking server before it gives up.
+REACHABLE_TIMEOUT_S = 5.0
+
+
+class TrackingServerUnreachable(RuntimeError):
+    """The tracking server did not answer when a run was about to start."""
+
+
+def require_reachable(tracking_uri: str, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+    """Fail within `timeout_s` when an http(s) tracking server does not answer at all.
+
+    Any HTTP answer counts, an error status included (the requests that follow
+    deal with it), and so does a TLS handshake this check does not trust (MLflow
+    has its own certificate settings): only a refused or reset connection, an
+    unknown host or silence fail. Without this, MLflow's own retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+    backing off) hang for minutes before the first run is created. Other stores
+    (sqlite, file) are local and not checked.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = f"{tracking_uri.rstrip('/')}/health"
+    try:
+        urllib.request.urlopen(url, timeout=timeout_s).close()  # noqa: S310 - an http(s) URL, checked above
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLError):
+            return  # it answered the TLS handshake; MLflow's own TLS settings decide what is trusted
+        raise TrackingServerUnreachable(
+            f"the MLflow tracking server {tracking_uri} does not answer ({reason}, within {timeout_s:g} s); "
+            "start it, or give a reachable --tracking-uri (or sqlite:///PATH for a local store)"
+        ) from None
+
+
+#: Set by Kubernetes in every container of a pod.
+KUBERNETES_ENV = "KUBERNETES_SERVICE_HOST"
+#: The Secret the pipeline's steps read MLFLOW_TRACKING_URI from (pipelines/spacenit_pipeline.py).
+MLFLOW_CLIENT_SECRET = "spacenit-mlflow-client"
+
+
+class TrackingURIError(ConfigError):
+    """No tracking URI where a local default would lose the runs."""
+
+
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else a sqlite store in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    """MLFLOW_TRACKING_URI if set; else, outside Kubernetes, a sqlite store in the working directory.
+
+    In a Kubernetes pod there is no default: a sqlite file would vanish with the pod, and
+    the run's record with it. Raises TrackingURIError there.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if os.environ.get(KUBERNETES_ENV):
+        raise TrackingURIError(
+            "no MLflow tracking URI: this runs in a Kubernetes pod, where a local sqlite store "
+            f"would vanish with the pod. Create the Secret {MLFLOW_CLIENT_SECRET} with "
+            "MLFLOW_TRACKING_URI in this namespace (docs/deploy.md), or pass the pipeline "
+            "parameter tracking_uri (--tracking-uri on the command line)"
+        )
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
@@ -94,6 +157,7 @@ def start_run(
     It is nested under `parent_run_id`, or else under $SPACENIT_PARENT_RUN_ID when set.
     """
     uri = tracking_uri or default_tracking_uri()
+    require_reachable(uri)
     mlflow.set_tracking_uri(uri)
     _experiment_id(MlflowClient(), uri, experiment)
     mlflow.set_experiment(experiment)
@@ -119,6 +183,7 @@ def start_pipeline_run(
     at exit); `end_pipeline_run` closes it with the pipeline's final state.
     """
     uri = tracking_uri or default_tracking_uri()
+    require_reachable(uri)
     client = MlflowClient(uri)
     tags = {
         "spacenit.version": __version__,
