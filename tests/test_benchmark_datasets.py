@@ -276,3 +276,24 @@ def test_a_failed_conversion_is_redone_not_reused(fixtures: Path, tmp_path: Path
     kept.rename(chip)
     reader = DatasetReader(prepare_sen1floods11(source, tmp_path / "out"))  # converted again, not the partial result
     assert "Spain_6537196" in [r.id for r in reader.records] and reader.info.label_raster.classes == ["not water", "water"]
+
+
+def test_geobench_georeferencing_from_older_pickle_forms(monkeypatch) -> None:
+    """affine 2 pickled Affine as a namedtuple (six constructor arguments), older rasterio its CRS as a
+    PROJ dict; the reader takes both without those libraries' classes."""
+    import collections
+
+    import affine
+    import rasterio.crs
+
+    from spacenit.conversion.geobench import _bounds, _crs
+
+    old_affine = type("Affine", (collections.namedtuple("Affine", "a b c d e f"),), {"__module__": "affine"})
+    old_crs = type("CRS", (), {"__module__": "rasterio.crs", "__getstate__": lambda self: {"data": {"init": "epsg:32631"}}})
+    monkeypatch.setattr(affine, "Affine", old_affine)
+    monkeypatch.setattr(rasterio.crs, "CRS", old_crs)
+    payload = pickle.dumps({"b": {"transform": old_affine(10.0, 0.0, 400000.0, 0.0, -10.0, 5000000.0), "crs": old_crs()}})
+    monkeypatch.undo()
+    attrs = safe_loads(payload)["b"]
+    assert _bounds(attrs, 16) == (400000.0, 4999840.0, 400160.0, 5000000.0)
+    assert _crs(attrs) == "EPSG:32631"

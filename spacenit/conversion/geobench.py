@@ -11,9 +11,10 @@ A task folder of the release (`classification_v1.0/m-eurosat/`, `segmentation_v1
     default_partition.json   {"train": [...], "valid": [...], "test": [...]} sample names
     task_specs.pkl           the task: band infos, label type with class names (a pickle)
 
-The pickles are read by a restricted unpickler: geobench's own classes become inert
-records (their attributes only), `affine.Affine`, `rasterio.crs.CRS`, dates and plain
-numpy arrays are allowed, anything else is refused, so a crafted file cannot run code.
+The pickles are read by a restricted unpickler: geobench's classes and the georeferencing
+ones (`affine.Affine`, `rasterio.crs.CRS`) become inert records of their pickled state,
+whatever library versions wrote them; dates and plain numpy arrays are rebuilt; anything
+else is refused, so a crafted file cannot run code.
 
 Bands are Sentinel-2 ("01 - Coastal aerosol" ... "12 - SWIR", "08A - ..."): `sentinel2_l1c` or
 `sentinel2_l2a` by the task's processing level (`S2_LEVELS`; others by whether B10 is there), all on one 10 m grid (the tasks' Sentinel-2
@@ -39,6 +40,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 
 from spacenit.conversion.so2sat import SO2SAT_SENTINEL1
 from spacenit.conversion.writer import write_dataset
@@ -83,17 +86,24 @@ class GeoBenchError(DatasetFormatError):
 
 
 class Record:
-    """What a geobench object becomes: its pickled attributes, nothing else."""
+    """What a pickled object becomes: its constructor arguments and state, nothing else."""
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        obj.args, obj.state = args, None
+        obj.__dict__.update(kwargs)
+        return obj
 
     def __init__(self, *args, **kwargs) -> None:
-        self.args = args
-        self.__dict__.update(kwargs)
+        pass  # everything was kept by __new__
 
     def __setstate__(self, state) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slots state)
-            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, tuple) and len(state) == 2 and all(isinstance(s, dict | None) for s in state):
+            state = {**(state[0] or {}), **(state[1] or {})}  # (dict state, slots state)
         if isinstance(state, dict):
             self.__dict__.update(state)
+        else:
+            self.state = state  # e.g. a CRS pickled as its WKT string
 
 
 def _no_objects(*args) -> np.dtype:
@@ -115,7 +125,7 @@ def _scalar(dtype, data):
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] in ("geobench", "ccb"):
+        if module.split(".")[0] in ("geobench", "ccb") or (module, name) in (("affine", "Affine"), ("rasterio.crs", "CRS")):
             return Record
         allowed = {
             ("datetime", "date"): dt.date, ("datetime", "datetime"): dt.datetime, ("datetime", "timedelta"): dt.timedelta,
@@ -126,14 +136,6 @@ class _Unpickler(pickle.Unpickler):
         }  # fmt: skip
         if (module, name) in allowed:
             return allowed[(module, name)]
-        if (module, name) == ("affine", "Affine"):
-            from affine import Affine
-
-            return Affine
-        if (module, name) == ("rasterio.crs", "CRS"):
-            from rasterio.crs import CRS
-
-            return CRS
         raise GeoBenchError(f"refusing to unpickle {module}.{name}: it is not part of GEO-Bench's file format")
 
 
@@ -336,14 +338,31 @@ def _class_name(label, info: TaskInfo, path: Path) -> str:
 
 
 def _crs(band_attrs) -> str | None:
-    crs = band_attrs.get("crs") if isinstance(band_attrs, dict) else None
-    return crs.to_string() if crs is not None and hasattr(crs, "to_string") else None
+    """The CRS of a band's pickled `crs` record: its WKT (string state, or {"wkt": ...}) or its
+    PROJ dict ({"data": {...}}, older rasterio)."""
+    record = band_attrs.get("crs") if isinstance(band_attrs, dict) else None
+    if not isinstance(record, Record):
+        return None
+    text = record.state if isinstance(record.state, str) else record.__dict__.get("wkt") or record.__dict__.get("_wkt")
+    data = record.__dict__.get("data")
+    try:
+        crs = CRS.from_wkt(text) if text else CRS.from_dict(data) if isinstance(data, dict) and data else None
+    except CRSError:
+        return None
+    return crs.to_string() if crs else None
 
 
 def _bounds(band_attrs, side: int) -> tuple[float, float, float, float] | None:
-    transform = band_attrs.get("transform") if isinstance(band_attrs, dict) else None
-    if transform is None or not hasattr(transform, "c"):
+    """Bounds from a band's pickled `transform` record: six coefficients as constructor arguments
+    (affine 2, a namedtuple) or as attributes a..f (affine 3)."""
+    record = band_attrs.get("transform") if isinstance(band_attrs, dict) else None
+    if not isinstance(record, Record):
         return None
-    xs = (transform.c, transform.c + transform.a * side)
-    ys = (transform.f, transform.f + transform.e * side)
+    coefficients = [record.__dict__.get(k) for k in "abcdef"]
+    if any(c is None for c in coefficients):
+        coefficients = list(record.args[:6])
+    if len(coefficients) != 6:
+        return None
+    a, _, c, _, e, f = (float(v) for v in coefficients)
+    xs, ys = (c, c + a * side), (f, f + e * side)
     return (min(xs), min(ys), max(xs), max(ys))
