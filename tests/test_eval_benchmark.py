@@ -92,9 +92,12 @@ def test_evaluate_and_report_verbs(pretrained, synthetic_dataset: Path, tmp_path
             "--baseline", "random_init", "--probes", "knn,prototypical", "--store", str(store), "--no-mlflow"]  # fmt: skip
     assert main(args) == 0
     assert len(ResultsStore(store).query()) == 3 * 2
-    assert main(["report", str(store), str(md)]) == 0
+    assert main(["report", str(store), str(md), "--tracking-uri", tracking_uri, "--mlflow-experiment", "report-verb"]) == 0
     for name in ("nano", "random-init(nano,seed=0)", "raw_pixels"):
         assert f"| {name} |" in md.read_text()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("report-verb").experiment_id])
+    assert "report.md" in [a.path for a in client.list_artifacts(run.info.run_id)]
     assert main(["report", str(tmp_path / "missing.sqlite"), str(md)]) == 2  # a user error, one line
 
 

@@ -33,7 +33,7 @@ from spacenit.arch.models import SpaceNitModel
 from spacenit.data.images import to_one_grid
 from spacenit.data.shards import DatasetReader
 from spacenit.data.standardizer import Standardizer
-from spacenit.data.stats import STATS_JSON, load_stats
+from spacenit.data.stats import load_stats
 from spacenit.evaluation.datasets import Task
 from spacenit.evaluation.embed import (
     ModelInputDataset,
@@ -42,6 +42,7 @@ from spacenit.evaluation.embed import (
     model_inputs_for,
     resolve_model,
 )
+from spacenit.evaluation.pooling import check_pooling
 from spacenit.sensors import SENTINEL
 from spacenit.train.checkpoint import CheckpointMeta, load_checkpoint
 
@@ -111,13 +112,15 @@ def auto_sensor_map(meta: CheckpointMeta, dataset_dir: Path) -> dict[str, str]:
 
 
 class SpaceNitAdapter:
-    """A SpaceNit encoder; with `sensor_map="auto"` it runs on related sensors (missing bands = no data)."""
+    """A SpaceNit encoder; with `sensor_map="auto"` it runs on related sensors (missing bands = no data).
+    `pooling` ("mean", "cls", "both": `pooling.py`) is part of the default name."""
 
     def __init__(self, model: SpaceNitModel, meta: CheckpointMeta, *, name: str | None = None,
                  sensor_map: Mapping[str, str] | str | None = None, batch_size: int = 32,
-                 num_workers: int | None = None) -> None:  # fmt: skip
+                 num_workers: int | None = None, pooling: str = "mean") -> None:  # fmt: skip
         self.model, self.meta = model.eval(), meta
-        self.name = name or f"spacenit-{_weights_fingerprint(model)}"
+        self.pooling = check_pooling(pooling, model)
+        self.name = name or f"spacenit-{_weights_fingerprint(model)}" + ("" if pooling == "mean" else f"[{pooling}]")
         self.sensor_map = sensor_map
         self.batch_size, self.num_workers = batch_size, num_workers
 
@@ -131,7 +134,7 @@ class SpaceNitAdapter:
         torch.manual_seed(seed)
         twin = SpaceNitModel(self.meta.model, self.meta.sensors)
         return SpaceNitAdapter(twin, self.meta, name=f"random-init({self.name},seed={seed})", sensor_map=self.sensor_map,
-                               batch_size=self.batch_size, num_workers=self.num_workers)  # fmt: skip
+                               batch_size=self.batch_size, num_workers=self.num_workers, pooling=self.pooling)  # fmt: skip
 
     def inputs_dataset(self, task: Task) -> ModelInputDataset:
         if self.sensor_map == "auto":
@@ -146,7 +149,7 @@ class SpaceNitAdapter:
         _check_order(dataset.reader, task)
         loader = make_loader(dataset, self.batch_size, self.num_workers)
         pooled, maps, valid = extract(self.model, self.meta.patch_size, loader, patch_maps=patch_tokens,
-                                      gsd_m=dataset.reader.info.gsd_m)  # fmt: skip
+                                      gsd_m=dataset.reader.info.gsd_m, pooling=self.pooling)  # fmt: skip
         if not patch_tokens:
             return Features(pooled)
         tokens = np.where(valid[..., None], maps, np.nan).reshape(len(maps), -1, maps.shape[-1])
@@ -163,8 +166,8 @@ def _check_order(reader: DatasetReader, task: Task) -> None:
 class RawPixelAdapter:
     """Per band mean and std of the standardized pixels (over space and time); tokens: per-patch band means.
 
-    Standardized with the dataset's own stats.json, like a model's inputs, so
-    no band dominates the cosine similarity by its units alone.
+    Standardized with the dataset's own stats.json (a transfer task's test side: the training
+    side's), like a model's inputs, so no band dominates the cosine similarity by its units alone.
     """
 
     name = "raw_pixels"
@@ -177,7 +180,7 @@ class RawPixelAdapter:
         _check_order(reader, task)
         specs = reader.info.sensors
         self._tile_px = reader.info.tile_size_px
-        standardize = Standardizer(load_stats(Path(task.dataset_dir) / STATS_JSON, task.dataset_dir), specs)
+        standardize = Standardizer(load_stats(task.stats_path, task.stats_dir or task.dataset_dir), specs)  # a transfer task's test side: the training side's
         pooled, tokens = [], []
         with warnings.catch_warnings():
             # All-missing bands or patches give "mean of empty slice": they become 0 (pooled) or NaN (tokens).

@@ -24,7 +24,7 @@ import numpy as np
 from spacenit.evaluation.adapters import EncoderAdapter, Features, SpaceNitAdapter
 from spacenit.evaluation.attentive import attentive_probe_scores
 from spacenit.evaluation.bootstrap import bootstrap_metrics
-from spacenit.evaluation.datasets import CROSSFIT, Task
+from spacenit.evaluation.datasets import CROSSFIT, SEGMENTATION, TRANSFER, Task
 from spacenit.evaluation.errors import ProbeError
 from spacenit.evaluation.finetune import FinetuneConfig, finetune_scores
 from spacenit.evaluation.knn import knn_scores
@@ -53,9 +53,26 @@ class BenchmarkOptions:
 
 
 def task_folds(task: Task, seed: int, test_fraction: float) -> list[Fold]:
+    if task.protocol == TRANSFER:
+        return [task.fold]
     if task.protocol == CROSSFIT:
         return crossfit_folds(task.targets, num_folds=task.num_folds, seed=seed)
     return holdout_folds(task.targets, task.splits, test_fraction=test_fraction, seed=seed)
+
+
+def task_features(adapter: EncoderAdapter, task: Task, *, patch_tokens: bool) -> Features:
+    """The adapter's features of every sample of `task`; a transfer task's parts one after the other."""
+    if task.parts is None:
+        return adapter.features(task, patch_tokens=patch_tokens)
+    parts = [adapter.features(part, patch_tokens=patch_tokens) for part in task.parts]
+    tokens = None
+    if patch_tokens:
+        shapes = {p.tokens.shape[1:] for p in parts}
+        if len(shapes) != 1:
+            raise ProbeError(f"{task.name}: the datasets give {sorted(shapes)} patch tokens per sample; the attentive "
+                             "probe needs tiles of one size on both sides")  # fmt: skip
+        tokens = np.concatenate([p.tokens for p in parts])
+    return Features(np.concatenate([p.pooled for p in parts]), tokens)
 
 
 def probe_scores(probe: str, features: Features, targets: np.ndarray, train: np.ndarray, test: np.ndarray,
@@ -87,6 +104,8 @@ def cell_scores(task: Task, adapter: EncoderAdapter, features: Features | None, 
         if probe == "finetune":
             if not isinstance(adapter, SpaceNitAdapter):
                 raise ProbeError(f"fine-tuning needs a SpaceNit model; {adapter.name} has no trainable encoder here")
+            if task.parts is not None:
+                raise ProbeError(f"{task.name}: fine-tuning reads one dataset; it does not run across datasets")
             dataset = adapter.inputs_dataset(task)
             scores[fold.test] = finetune_scores(adapter.model, adapter.meta.patch_size, dataset, train, fold.test, y,
                                                 num_classes=task.num_classes, seed=seed, config=options.finetune)  # fmt: skip
@@ -105,7 +124,7 @@ def score_cell(task: Task, adapter: EncoderAdapter, features: Features | None, p
     tested = ~np.isnan(scores).any(axis=1)
     estimates = bootstrap_metrics(y[tested], scores[tested], num_resamples=options.num_resamples, seed=seed)
     details = {
-        "protocol": task.protocol if task.protocol == CROSSFIT else "holdout",
+        "protocol": task.protocol if task.protocol in (CROSSFIT, TRANSFER) else "holdout",
         "num_folds": len(sizes),
         "num_train_per_fold": sizes,
         "num_test": int(tested.sum()),
@@ -131,6 +150,9 @@ def run_benchmark(
     log_to_mlflow: bool = True,
 ) -> list[Result]:
     """Fill the missing cells of the grid for `task`; returns the new results."""
+    if task.kind == SEGMENTATION:
+        raise ProbeError(f"{task.name} is a segmentation task (label rasters); its probes are the dense task "
+                         "type's (spacenit.evaluation.dense), not these classification probes")  # fmt: skip
     options = options or BenchmarkOptions()
     new: list[Result] = []
     run = None  # started with the first new cell: a re-run with nothing to do logs nothing
@@ -144,11 +166,11 @@ def run_benchmark(
                         if store.has(key):
                             log.info("skip %s: already in %s", key, store.path)
                             continue
-                        if probe == "finetune" and not isinstance(adapter, SpaceNitAdapter):
-                            continue  # nothing to fine-tune in a baseline without weights
+                        if probe == "finetune" and (not isinstance(adapter, SpaceNitAdapter) or task.parts is not None):
+                            continue  # nothing to fine-tune in a baseline without weights, nor across datasets
                         if features is None and probe != "finetune":
                             needs_tokens = "attentive" in options.probes
-                            features = adapter.features(task, patch_tokens=needs_tokens)
+                            features = task_features(adapter, task, patch_tokens=needs_tokens)
                         result = score_cell(task, adapter, features, probe, n_train, seed, options)
                         store.put(result)
                         new.append(result)

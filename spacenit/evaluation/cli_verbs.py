@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+#: `spacenit.evaluation.pooling.POOLINGS`, here without importing torch for `--help`.
+POOLINGS = ("mean", "cls", "both")
 
 EVALUATION_VERBS = ("embed", "probe", "evaluate", "report", "register")
 
@@ -40,21 +44,33 @@ loading), their LICENSE and the SpaceNit code that runs them.""",
 A .tif input (or a folder of band files) is embedded window by window (overlapping windows,
 blended) into a Cloud-Optimized GeoTIFF (and/or --zarr) on the scene's grid coarsened by the
 patch size, or on --output-gsd-m pixels.""",
-    "probe": """example:
+    "probe": """examples:
   spacenit probe demo-output/embeddings.zarr demo-output/probe.json --tracking-uri sqlite:///demo-output/mlflow.db
+  # train on one dataset's embeddings, test on another's (its test split, or all of it):
+  spacenit probe region-a.zarr transfer.json --test region-b.zarr
 
-Metrics come with 95% bootstrap CIs (<metric>_ci_low/_ci_high); confusion matrices go to MLflow.""",
+Train/test come from the samples' split (train, val/validation/valid/dev, test); without
+one the probe says so and uses a seeded 70/30 split. Metrics come with 95% bootstrap CIs
+(<metric>_ci_low/_ci_high); confusion matrices go to MLflow.""",
     "evaluate": """examples:
   spacenit evaluate eurosat --model nano=out/checkpoint --baseline random_init --baseline raw_pixels \\
       --probes knn,linear,prototypical --n-train 1,5,10,all --store eval/results.sqlite
   spacenit evaluate bigearthnet --model nano=models:/spacenit-encoder@champion --sensor-map auto
   spacenit evaluate path/to/converted-labelled-dataset --model nano=out/checkpoint --probes knn
+  # never-seen data: a probe trained on one task, tested on another (raw pixels: the training side's stats)
+  spacenit evaluate --train eurosat --test path/to/other-eurosat-like-dataset --baseline raw_pixels
+  # one report of every model x probe x dataset, logged to MLflow:
+  spacenit evaluate eurosat bigearthnet so2sat --model nano=out/checkpoint --pooling mean,cls \\
+      --baseline random_init --baseline raw_pixels --baseline galileo_nano --baseline presto --report eval/report.md
   spacenit evaluate eurosat --baseline galileo_nano --baseline presto --baseline random_init
 
-Tasks: eurosat, bigearthnet (from --data-root), or a converted dataset with labels. Cells
+Tasks: eurosat, bigearthnet, so2sat, sen1floods11, sen1floods11-bolivia, pastis, mados, cdl,
+geobench-<task> (each from its folder under --data-root, docs/evaluation.md), or a converted
+dataset with labels. Segmentation tasks are prepared but scored by the dense task type. Cells
 already in --store are skipped; each new one is an MLflow run with CIs and a confusion matrix.""",
-    "report": """example:
-  spacenit report eval/results.sqlite eval/report.md""",
+    "report": """examples:
+  spacenit report eval/results.sqlite eval/report.md --tracking-uri sqlite:///eval/mlflow.db
+  spacenit report eval/results.sqlite eurosat.md --task eurosat --no-mlflow""",
 }
 
 
@@ -85,6 +101,8 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
     e.add_argument("--sensor-map", type=_key_value, action="append", default=[], metavar="MODEL=DATA",
                    help="feed model sensor MODEL from data sensor DATA, bands matched by name (repeatable)")  # fmt: skip
     e.add_argument("--allow-missing-bands", action="store_true", help="fill model bands the data lacks with no-data")
+    e.add_argument("--pooling", choices=POOLINGS, default="mean",
+                   help="the pooled vector: mean of the tokens, cls (register tokens) or both (default: %(default)s)")  # fmt: skip
     scene = e.add_argument_group("GeoTIFF scenes")
     scene.add_argument("--zarr", type=Path, default=None, help="also write the scene embedding as Zarr here")
     scene.add_argument("--bands", default=None, help="comma-separated band names of the scene, in file order")
@@ -97,16 +115,21 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
                             "of the patch its centre lies in); default: one pixel per patch")
 
     r = verb("probe", "Probes (kNN, linear, prototypical) on embeddings; metrics with CIs to JSON and MLflow.")
-    r.add_argument("embeddings", type=Path)
+    r.add_argument("embeddings", type=Path, help="embeddings to probe (with --test: to train on)")
     r.add_argument("output", type=Path, help="metrics JSON to write")
+    r.add_argument("--test", type=Path, default=None, metavar="EMBEDDINGS",
+                   help="test on these embeddings (their test split, or all) instead of a split of the first")  # fmt: skip
     r.add_argument("-k", type=int, default=20, help="neighbours for kNN (default: %(default)s)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--test-fraction", type=float, default=0.3)
     r.add_argument("--probes", default="knn,linear", help="comma-separated: knn, linear, prototypical (default: %(default)s)")
     tracking_args(r)
 
-    v = verb("evaluate", "Benchmark models x probes x training sizes on a task; results to a SQLite store and MLflow.")
-    v.add_argument("task", help="eurosat, bigearthnet, or the path of a converted labelled dataset")
+    v = verb("evaluate", "Benchmark models x probes x training sizes on tasks; results to a SQLite store and MLflow.")
+    v.add_argument("task", nargs="*", help="tasks: eurosat, bigearthnet, so2sat, ..., or paths of converted labelled datasets")
+    v.add_argument("--train", default=None, metavar="TASK", help="train the probes on this task (with --test)")
+    v.add_argument("--test", action="append", default=[], metavar="TASK",
+                   help="test the probes trained on --train on this task (repeatable): data the model never saw")  # fmt: skip
     v.add_argument("--model", type=_key_value, action="append", default=[], metavar="NAME=CHECKPOINT",
                    help="a SpaceNit checkpoint or models:/ URI under a name (repeatable)")  # fmt: skip
     v.add_argument("--baseline", action="append", default=[], metavar="NAME",
@@ -114,11 +137,14 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
                         "band mean/std; galileo_nano, presto: published external models (repeatable)")  # fmt: skip
     v.add_argument("--adapter", action="append", default=[], metavar="NAME|module:factory", help="an external encoder adapter")
     v.add_argument("--probes", default="knn,linear,prototypical", help="comma-separated of knn, linear, prototypical, attentive, finetune")
+    v.add_argument("--pooling", default="mean", help="comma-separated poolings of each --model: mean, cls, both (default: %(default)s)")
+    v.add_argument("--report", type=Path, default=None, help="also write the markdown report of these tasks here (and log it to MLflow)")
     v.add_argument("--n-train", type=_n_train, default=[-1], help="samples per class, e.g. 1,5,10,all (default: all)")
     v.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     v.add_argument("-k", type=int, default=20)
     v.add_argument("--sensor-map", default=None, help="'auto' to run models on related sensors by band name")
-    v.add_argument("--data-root", type=Path, default=Path("../shared/data"), help="where eurosat_ms/ and bigearthnet/ are")
+    v.add_argument("--data-root", type=Path, default=Path("../shared/data"),
+                   help="where the tasks' folders are (eurosat_ms/, bigearthnet/, so2sat_lcz42/, ...)")  # fmt: skip
     v.add_argument("--work-dir", type=Path, default=Path("eval-work"), help="prepared datasets are cached here")
     v.add_argument("--store", type=Path, default=Path("eval-work/results.sqlite"), help="results store (SQLite)")
     v.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -128,6 +154,8 @@ def add_evaluation_verbs(verb: Callable[[str, str], argparse.ArgumentParser],
     rep.add_argument("store", type=Path)
     rep.add_argument("output", type=Path)
     rep.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
+    rep.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
+    tracking_args(rep)
 
     g = verb("register", "Register a published external encoder (galileo_nano, presto) in the MLflow Model Registry.")
     g.add_argument("encoder", choices=("galileo_nano", "presto"), help="which published encoder")
@@ -146,18 +174,18 @@ def run_evaluation_verb(args: argparse.Namespace) -> int:
         from spacenit.evaluation.probe import probe
 
         metrics = probe(args.embeddings, args.output, k=args.k, seed=args.seed, test_fraction=args.test_fraction,
-                        tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment, probes=args.probes.split(","))  # fmt: skip
+                        tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment, probes=args.probes.split(","),
+                        test_embeddings=args.test)  # fmt: skip
         print(json.dumps(metrics, indent=1))
         return 0
     if args.verb == "evaluate":
         return _evaluate(args)
     if args.verb == "report":
-        from spacenit.evaluation.report import write_report
         from spacenit.evaluation.results import ResultsStore
 
         if not args.store.is_file():
             raise FileNotFoundError(f"results store {args.store} does not exist; fill it with `spacenit evaluate`")
-        print(f"wrote {write_report(ResultsStore(args.store), args.output, tasks=args.task)}")
+        _report(ResultsStore(args.store), args.output, args.task, args)
         return 0
     if args.verb == "register":
         from spacenit.evaluation.register import register_external
@@ -197,20 +225,45 @@ def _embed(args: argparse.Namespace) -> int:
 
     path = embed(args.model, source, args.output, batch_size=args.batch_size, tracking_uri=args.tracking_uri,
                  patch_maps=args.patch_maps, num_workers=args.workers, sensor_map=dict(args.sensor_map) or None,
-                 allow_missing_bands=args.allow_missing_bands)  # fmt: skip
+                 allow_missing_bands=args.allow_missing_bands, pooling=args.pooling)  # fmt: skip
     print(f"wrote {path}")
     return 0
+
+
+def _report(store, output: Path, tasks: list[str] | None, args: argparse.Namespace) -> None:
+    from spacenit.evaluation.report import log_report, write_report
+
+    path = write_report(store, output, tasks=tasks)
+    print(f"wrote {path}")
+    if not args.no_mlflow:
+        run_id = log_report(store, path, tasks=tasks, tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment)
+        print(f"logged the report to MLflow run {run_id}")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from spacenit.evaluation.adapters import RawPixelAdapter, SpaceNitAdapter, build_adapter
     from spacenit.evaluation.benchmark import BenchmarkOptions, flat_metrics, run_benchmark
-    from spacenit.evaluation.datasets import load_task
+    from spacenit.evaluation.datasets import SEGMENTATION, load_task, transfer_task
+    from spacenit.evaluation.errors import ProbeError
     from spacenit.evaluation.results import ResultsStore
 
-    task = load_task(args.task, data_root=args.data_root, work_dir=args.work_dir)
-    models = [SpaceNitAdapter.from_checkpoint(path, name=name, tracking_uri=args.tracking_uri, sensor_map=args.sensor_map)
-              for name, path in args.model]  # fmt: skip
+    def task(name: str):
+        return load_task(name, data_root=args.data_root, work_dir=args.work_dir)
+
+    if bool(args.train) != bool(args.test):
+        raise ProbeError("--train and --test go together: --train TASK --test OTHER_TASK")
+    tasks = [task(name) for name in args.task]
+    if args.train:
+        train = task(args.train)
+        tasks += [transfer_task(train, task(name)) for name in args.test]
+    if not tasks:
+        raise ProbeError("nothing to evaluate on: name a task (e.g. eurosat), or --train TASK --test OTHER_TASK")
+    models = []
+    for name, path in args.model:
+        loaded = SpaceNitAdapter.from_checkpoint(path, name=name, tracking_uri=args.tracking_uri, sensor_map=args.sensor_map)
+        for pooling in args.pooling.split(","):
+            models.append(SpaceNitAdapter(loaded.model, loaded.meta, name=name if pooling == "mean" else f"{name}[{pooling}]",
+                                          sensor_map=args.sensor_map, pooling=pooling))  # fmt: skip
     external = [build_adapter(b) for b in args.baseline if b not in ("random_init", "raw_pixels")]
     adapters = list(models) + external
     if "random_init" in args.baseline:
@@ -222,11 +275,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise KeyError("nothing to evaluate: give --model NAME=CHECKPOINT, --baseline or --adapter")
     options = BenchmarkOptions(probes=args.probes.split(","), n_train=args.n_train,
                                seeds=[int(s) for s in args.seeds.split(",")], k=args.k)  # fmt: skip
-    results = run_benchmark(task, adapters, store=ResultsStore(args.store), options=options,
-                            tracking_uri=args.tracking_uri, experiment=args.mlflow_experiment, log_to_mlflow=not args.no_mlflow)  # fmt: skip
-    for r in results:
-        k = r.key
-        shown = {m: round(v, 3) for m, v in flat_metrics(r).items()}
-        print(f"{k.task} {k.model} {k.probe} n_train={'all' if k.n_train == -1 else k.n_train} seed={k.seed}: {shown}")
-    print(f"{len(results)} new result(s) in {args.store}")
+    store, scored = ResultsStore(args.store), []
+    for t in tasks:
+        if t.kind == SEGMENTATION:
+            print(f"{t.name}: a segmentation task (label rasters) at {t.dataset_dir}; its probes are the dense "
+                  "task type's, not these classification probes: skipped", file=sys.stderr)  # fmt: skip
+            continue
+        results = run_benchmark(t, adapters, store=store, options=options, tracking_uri=args.tracking_uri,
+                                experiment=args.mlflow_experiment, log_to_mlflow=not args.no_mlflow)  # fmt: skip
+        scored.append(t.name)
+        for r in results:
+            k = r.key
+            shown = {m: round(v, 3) for m, v in flat_metrics(r).items()}
+            print(f"{k.task} {k.model} {k.probe} n_train={'all' if k.n_train == -1 else k.n_train} seed={k.seed}: {shown}")
+        print(f"{t.name}: {len(results)} new result(s) in {args.store}")
+    if not scored:
+        raise ProbeError(f"no classification task among {[t.name for t in tasks]}: nothing for these probes to score")
+    if args.report is not None:
+        _report(store, args.report, scored, args)
     return 0

@@ -8,16 +8,25 @@
   each on its own grid) + Sentinel-1 (VV, VH), multi-label with the 19-class
   nomenclature; the train/val/test split comes with the data. v1 (bare arrays,
   no georeferencing) and v2 (reBEN) layouts: `spacenit.conversion.bigearthnet`.
+- the published benchmark datasets of `published.py` (So2Sat LCZ42, Sen1Floods11,
+  PASTIS, MADOS, GEO-Bench tasks, CDL crop types), each read from its own
+  on-disk layout under the data root.
 - any directory written by `convert` whose samples carry labels: `label`, or `labels`
   for multi-label samples (a manifest's `labels` column).
+- segmentation tasks: datasets whose samples carry label rasters (`kind`
+  "segmentation"); they are scored by the dense task type, not by these probes.
+- a transfer task (`transfer_task`): a probe trained on one dataset and tested on
+  another, which neither the model nor the probe saw.
 
-Prepared datasets are cached under a work directory and reused.
+Split names are normalized (`splits.normalize_split`): `validation` is `val`, and a
+name no probe knows is refused. Prepared datasets are cached under a work directory
+and reused.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +37,16 @@ from spacenit.data.format import (
     load_dataset_info,
 )
 from spacenit.data.stats import STATS_JSON, compute_stats
+from spacenit.evaluation import published
 from spacenit.evaluation.errors import ProbeError
+from spacenit.evaluation.splits import Fold, normalize_splits
 
 HOLDOUT = "holdout"
 CROSSFIT = "crossfit"
+#: A probe trained on one dataset and tested on another: one fixed fold (`Task.fold`).
+TRANSFER = "transfer"
+CLASSIFICATION = "classification"
+SEGMENTATION = "segmentation"
 
 
 @dataclass
@@ -44,11 +59,24 @@ class Task:
     #: (N,) class index, or (N, C) 0/1 for multi-label tasks.
     targets: np.ndarray
     class_names: list[str]
-    #: Per sample "train" / "val" / "test" / None, as the data provides it.
+    #: Per sample "train" / "val" / "test" / None: the data's split names, normalized (`splits.normalize_split`).
     splits: list[str | None]
-    #: HOLDOUT (the data's split, else a stratified one) or CROSSFIT (k folds).
+    #: HOLDOUT (the data's split, else a stratified one), CROSSFIT (k folds) or TRANSFER (`fold`).
     protocol: str = HOLDOUT
     num_folds: int = 5
+    #: CLASSIFICATION (a label or labels per sample) or SEGMENTATION (a label raster per sample).
+    kind: str = CLASSIFICATION
+    #: The dataset whose stats.json standardizes raw pixels (default: `dataset_dir`): a transfer
+    #: task's test side is standardized with its training side's statistics only.
+    stats_dir: Path | None = None
+    #: TRANSFER: the tasks whose samples make up this one, in order (features are concatenated).
+    parts: list[Task] | None = None
+    #: TRANSFER: the one fold, indexes into the concatenated samples.
+    fold: Fold | None = None
+
+    @property
+    def stats_path(self) -> Path:
+        return Path(self.stats_dir or self.dataset_dir) / STATS_JSON
 
     @property
     def multilabel(self) -> bool:
@@ -86,8 +114,67 @@ def task_from_dataset(dataset_dir: str | Path, *, name: str | None = None, proto
             targets[i, [classes.index(lbl) for lbl in s.labels]] = 1
     else:
         targets = np.array([classes.index(s.label) for s in info.samples])
-    return Task(name or dataset_dir.name, dataset_dir, [s.id for s in info.samples], targets, classes,
-                [s.split for s in info.samples], protocol)  # fmt: skip
+    splits = normalize_splits([s.split for s in info.samples], where=str(dataset_dir / DATASET_JSON))
+    return Task(name or dataset_dir.name, dataset_dir, [s.id for s in info.samples], targets, classes, splits, protocol)
+
+
+def segmentation_task(dataset_dir: str | Path, *, name: str | None = None) -> Task:
+    """A segmentation task: a dataset whose samples carry label rasters (`convert` with label rasters,
+    or the published segmentation datasets); class names from its label raster spec."""
+    dataset_dir = Path(dataset_dir)
+    info = load_dataset_info(dataset_dir)
+    if info.label_raster is None or not any(s.label_raster for s in info.samples):
+        raise ProbeError(f"{dataset_dir}: no sample has a label raster; a segmentation task needs them "
+                         "(convert with <sample>/label.tif or a manifest's label_raster column)")  # fmt: skip
+    _ensure_stats(dataset_dir)
+    classes = list(info.label_raster.classes or [])
+    splits = normalize_splits([s.split for s in info.samples], where=str(dataset_dir / DATASET_JSON))
+    return Task(name or dataset_dir.name, dataset_dir, [s.id for s in info.samples], np.zeros(len(info.samples), dtype=np.int64),
+                classes, splits, HOLDOUT, kind=SEGMENTATION)  # fmt: skip
+
+
+def transfer_task(train: Task, test: Task) -> Task:
+    """Train on `train`'s train/val samples (all of them when it names none), test on `test`'s test
+    samples (all when it names none). Classes are the training side's, matched by name; the test side
+    is standardized with the training side's statistics."""
+    for t in (train, test):
+        if t.kind != CLASSIFICATION or t.parts is not None:
+            raise ProbeError(f"{t.name}: transfer works between classification tasks of one dataset each")
+    if train.multilabel != test.multilabel:
+        raise ProbeError(f"{train.name} is {'multi' if train.multilabel else 'single'}-label, {test.name} is not: "
+                         "a probe cannot be trained on one and tested on the other")  # fmt: skip
+    unseen = sorted(set(_present_classes(test)) - set(train.class_names))
+    if unseen:
+        raise ProbeError(f"{test.name} has classes {train.name} lacks: {unseen}; a probe trained on {train.name} "
+                         f"predicts only {train.class_names}")  # fmt: skip
+    columns = [train.class_names.index(c) for c in test.class_names if c in train.class_names]
+    if test.multilabel:
+        test_targets = np.zeros((len(test.ids), train.num_classes), dtype=np.int64)
+        known = [i for i, c in enumerate(test.class_names) if c in train.class_names]
+        test_targets[:, columns] = test.targets[:, known]
+    else:
+        test_targets = np.array([train.class_names.index(test.class_names[c]) for c in test.targets])
+    train_idx = _side(train.splits, ("train", "val"))
+    test_idx = len(train.ids) + _side(test.splits, ("test",))
+    splits: list[str | None] = [None] * (len(train.ids) + len(test.ids))
+    for i in train_idx:
+        splits[i] = "train"
+    for i in test_idx:
+        splits[i] = "test"
+    return Task(f"{train.name}->{test.name}", train.dataset_dir, train.ids + test.ids,
+                np.concatenate([train.targets, test_targets]), train.class_names, splits, TRANSFER,
+                parts=[train, replace(test, stats_dir=train.dataset_dir)], fold=Fold(train_idx, test_idx))  # fmt: skip
+
+
+def _present_classes(task: Task) -> list[str]:
+    if task.multilabel:
+        return [c for i, c in enumerate(task.class_names) if task.targets[:, i].any()]
+    return [task.class_names[i] for i in np.unique(task.targets)]
+
+
+def _side(splits: list[str | None], wanted: tuple[str, ...]) -> np.ndarray:
+    named = np.flatnonzero(np.isin(np.array([s or "" for s in splits]), wanted))
+    return named if len(named) else np.arange(len(splits))
 
 
 #: Band order of the EuroSAT MS GeoTIFFs (B8A last), unlike Sentinel-2 L1C's (B8A after B08): the per-band
@@ -129,10 +216,31 @@ def bigearthnet_task(data_root: str | Path, work_dir: str | Path) -> Task:
 BUILTIN_TASKS = {"eurosat": eurosat_task, "bigearthnet": bigearthnet_task}
 
 
+def published_task(name: str, data_root: str | Path, work_dir: str | Path) -> Task:
+    """A published benchmark (`published.BENCHMARKS`) prepared from its on-disk layout under `data_root`."""
+    return dataset_task(published.find(name).prepare(Path(data_root), Path(work_dir)), name=name)
+
+
+def dataset_task(dataset_dir: str | Path, *, name: str | None = None) -> Task:
+    """The task a converted dataset holds: segmentation when its samples have label rasters and no
+    labels, classification otherwise."""
+    info = load_dataset_info(dataset_dir)
+    if info.label_raster is not None and all(s.label is None and s.labels is None for s in info.samples):
+        return segmentation_task(dataset_dir, name=name)
+    return task_from_dataset(dataset_dir, name=name)
+
+
+def task_names() -> list[str]:
+    return sorted(BUILTIN_TASKS) + sorted(published.BENCHMARKS) + [f"{published.GEOBENCH_PREFIX}<task>"]
+
+
 def load_task(name: str, *, data_root: str | Path, work_dir: str | Path) -> Task:
-    """A built-in task by name, or a converted labelled dataset by path."""
+    """A built-in or published task by name, or a converted labelled dataset by path (with label
+    rasters: a segmentation task)."""
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name](data_root, work_dir)
+    if published.knows(name):
+        return published_task(name, data_root, work_dir)
     if Path(name).is_dir():
-        return task_from_dataset(name)
-    raise ProbeError(f"unknown task {name!r}: use one of {sorted(BUILTIN_TASKS)} or the path of a converted, labelled dataset")
+        return dataset_task(name)
+    raise ProbeError(f"unknown task {name!r}: use one of {task_names()} or the path of a converted, labelled dataset")

@@ -30,6 +30,7 @@ from spacenit.data.loader import months_of
 from spacenit.data.shards import DatasetReader
 from spacenit.evaluation.inputs import InputBindingError, ModelInputs, bind_sensors
 from spacenit.evaluation.patch_maps import embed_with_maps
+from spacenit.evaluation.pooling import check_pooling, pooled_embeddings
 from spacenit.sensors import SENTINEL, Grid
 from spacenit.sensors import grid_name as grid_name_of
 from spacenit.train.checkpoint import CheckpointMeta, load_checkpoint
@@ -150,11 +151,14 @@ def extract(
     patch_maps: bool = False,
     progress: bool = False,
     gsd_m: float | None = None,
+    pooling: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Run the encoder over `loader`: pooled (N, D), and maps (N, h, w, D) + validity (N, h, w) if asked.
 
     `gsd_m` is the pixel size of the dataset's grid, which scales the encoder's positions.
+    `pooling`: "mean" of the tokens, "cls" (register tokens) or "both" (`pooling.py`).
     """
+    check_pooling(pooling, net)
     device = next(net.parameters()).device
     net.eval()
     pooled, maps, valid = [], [], []
@@ -162,7 +166,12 @@ def extract(
         images = to_device(batch["images"], device)
         months = to_device(batch["months"], device)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            if patch_maps:
+            if pooling != "mean":
+                p, m, v = pooled_embeddings(net, images, months, patch_size, gsd_m=gsd_m, pooling=pooling, patch_maps=patch_maps)
+                if patch_maps:
+                    maps.append(m.float().cpu().numpy())
+                    valid.append(v.cpu().numpy())
+            elif patch_maps:
                 p, m, v = embed_with_maps(net, images, months, patch_size, gsd_m)
                 maps.append(m.float().cpu().numpy())
                 valid.append(v.cpu().numpy())
@@ -186,6 +195,7 @@ def embed(
     num_workers: int | None = None,
     sensor_map: Mapping[str, str] | None = None,
     allow_missing_bands: bool = False,
+    pooling: str = "mean",
 ) -> Path:
     """Write embeddings of every sample of `dataset_dir` to the Zarr group `output_path`.
 
@@ -194,6 +204,7 @@ def embed(
 
     `sensor_map` (model sensor -> dataset sensor) and `allow_missing_bands`
     let a model run on data converted for a related sensor; see `inputs.py`.
+    `pooling`: "mean", "cls" or "both" (`pooling.py`).
     """
     output_path = Path(output_path)
     if output_path.suffix and output_path.suffix.lower() != ".zarr":
@@ -203,6 +214,8 @@ def embed(
     if external is not None:
         if sensor_map:
             raise EmbedError(f"{model} maps sensors by band name itself; drop --sensor-map")
+        if pooling != "mean":
+            raise EmbedError(f"{model} pools its tokens its own way; --pooling {pooling} applies to SpaceNit models")
         return _embed_external(external, dataset_dir, output_path, patch_maps=patch_maps, progress=progress, model=str(model))
     net, meta = load_checkpoint(resolve_model(model, tracking_uri))
     inputs = model_inputs_for(meta, dataset_dir, sensor_map=sensor_map, allow_missing_bands=allow_missing_bands)
@@ -211,7 +224,7 @@ def embed(
     net.to(device)
     loader = make_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
     vectors, maps, valid = extract(net, meta.patch_size, loader, patch_maps=patch_maps, progress=progress,
-                                   gsd_m=dataset.reader.info.gsd_m)  # fmt: skip
+                                   gsd_m=dataset.reader.info.gsd_m, pooling=pooling)  # fmt: skip
     records = dataset.reader.records
     result = Embeddings(
         vectors=vectors,
@@ -221,7 +234,7 @@ def embed(
         patch_maps=maps,
         patch_valid=valid,
     )
-    return save_embeddings(output_path, result, model=str(model))
+    return save_embeddings(output_path, result, model=str(model) if pooling == "mean" else f"{model} (pooling={pooling})")
 
 
 def load_external_model(model: str | Path, tracking_uri: str | None = None):

@@ -1,10 +1,16 @@
-"""In-loop evaluation (spec section 4.4): a trainer callback that runs a kNN probe every N steps.
+"""In-loop evaluation (spec section 4.4): a trainer callback that runs a kNN probe, and optionally a
+linear probe beside it, every N steps.
 
 The pretraining loss says little about whether features are getting better
 for downstream use (a collapsing JEPA can have a falling loss); a kNN probe
 on a small labelled set every N steps says it directly, for the price of one
-forward pass over that set. Metrics go to the active MLflow run as
-`<prefix>/knn_accuracy` (with its CI bounds) at the training step.
+forward pass over that set. The spec's diagram runs a linear probe on the same
+features too (`linear=True`): it sees what a kNN misses (features that are
+linearly separable but not close in cosine), for the price of training a small
+head on the set (`linear.py`'s protocol: a learning rate chosen on a validation
+split). `pooling` picks the vector probed ("mean", "cls", "both": `pooling.py`).
+Metrics go to the active MLflow run as `eval/knn_accuracy` and
+`eval/linear_accuracy` (with their CI bounds) at the training step.
 
 The labelled set is read once, at the start, into memory (it should be
 small: hundreds to a few thousand samples). Its sensors are bound to the
@@ -20,7 +26,8 @@ for trainers whose MLflow callback logs through that dict.
 Wiring (in the pretraining setup):
 
     from spacenit.evaluation.inloop import KnnProbeCallback
-    callbacks.append(KnnProbeCallback("eval/eurosat-dataset", stats, patch_size=tc.patch_size, every_n_steps=500))
+    callbacks.append(KnnProbeCallback("eval/eurosat-dataset", stats, patch_size=tc.patch_size, every_n_steps=500,
+                                      linear=True))
 """
 
 from __future__ import annotations
@@ -35,15 +42,19 @@ from spacenit.data.stats import SensorStats
 from spacenit.evaluation.bootstrap import bootstrap_metrics
 from spacenit.evaluation.datasets import task_from_dataset
 from spacenit.evaluation.embed import ModelInputDataset, collate_inputs, to_device
+from spacenit.evaluation.heads import HeadConfig
 from spacenit.evaluation.inputs import ModelInputs, bind_sensors
 from spacenit.evaluation.knn import knn_scores
+from spacenit.evaluation.linear import linear_probe_scores
+from spacenit.evaluation.pooling import check_pooling, pooled_embeddings
 from spacenit.evaluation.splits import holdout_folds
 
 log = logging.getLogger(__name__)
 
 
 class KnnProbeCallback:
-    """Every `every_n_steps` steps (and at the end): kNN accuracy of the current encoder on a labelled dataset."""
+    """Every `every_n_steps` steps (and at the end): kNN (and, with `linear`, linear-probe) accuracy of the
+    current encoder on a labelled dataset."""
 
     def __init__(
         self,
@@ -60,6 +71,10 @@ class KnnProbeCallback:
         prefix: str = "eval/knn",
         num_resamples: int = 200,
         log_to: str = "mlflow",
+        linear: bool = False,
+        linear_prefix: str = "eval/linear",
+        linear_config: HeadConfig | None = None,
+        pooling: str = "mean",
     ) -> None:
         if log_to not in ("mlflow", "metrics"):
             raise ValueError(f"log_to must be 'mlflow' or 'metrics', got {log_to!r}")
@@ -69,6 +84,8 @@ class KnnProbeCallback:
         self.patch_size, self.every_n_steps, self.k = patch_size, every_n_steps, k
         self.test_fraction, self.seed, self.batch_size = test_fraction, seed, batch_size
         self.sensor_map, self.prefix, self.num_resamples, self.log_to = sensor_map, prefix, num_resamples, log_to
+        self.linear, self.linear_prefix, self.linear_config = linear, linear_prefix, linear_config
+        self.pooling = check_pooling(pooling)
         self.history: list[tuple[int, dict[str, float]]] = []
         self._pending: dict[str, float] = {}
         self._batches: list[dict] = []
@@ -78,6 +95,7 @@ class KnnProbeCallback:
         if not trainer.accelerator.is_main_process:
             return
         model = self._model(trainer)
+        check_pooling(self.pooling, model)
         task = task_from_dataset(self.dataset_dir)
         data = ModelInputDataset(self.dataset_dir, self._inputs(model))
         items = [data[i] for i in range(len(data))]
@@ -122,13 +140,16 @@ class KnnProbeCallback:
             self.evaluate(trainer, trainer.step)
 
     def evaluate(self, trainer, step: int) -> dict[str, float]:
-        """Embed the labelled set with the current weights, kNN-probe it, log to MLflow; returns the metrics."""
+        """Embed the labelled set with the current weights, probe it, log to MLflow; returns the metrics."""
         model = self._model(trainer)
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         try:
             pooled = [
+                pooled_embeddings(model, to_device(b["images"], device), to_device(b["months"], device), self.patch_size,
+                                  gsd_m=self._gsd_m, pooling=self.pooling)[0].float().cpu().numpy()
+                if self.pooling != "mean" else
                 model.embed(to_device(b["images"], device), to_device(b["months"], device), self.patch_size, gsd_m=self._gsd_m)
                 .float().cpu().numpy()
                 for b in self._batches
@@ -136,10 +157,16 @@ class KnnProbeCallback:
         finally:
             model.train(was_training)
         x, y, fold = np.concatenate(pooled), self._targets, self._fold
-        scores = knn_scores(x[fold.train], y[fold.train], x[fold.test], k=self.k, num_classes=int(y.max()) + 1)
-        est = bootstrap_metrics(y[fold.test], scores, num_resamples=self.num_resamples, seed=self.seed)["accuracy"]
-        result = {f"{self.prefix}_accuracy": est.value, f"{self.prefix}_accuracy_ci_low": est.low,
-                  f"{self.prefix}_accuracy_ci_high": est.high}  # fmt: skip
+        num_classes = int(y.max()) + 1
+        probes = {self.prefix: knn_scores(x[fold.train], y[fold.train], x[fold.test], k=self.k, num_classes=num_classes)}
+        if self.linear:
+            probes[self.linear_prefix], _ = linear_probe_scores(x[fold.train], y[fold.train], x[fold.test], num_classes=num_classes,
+                                                                seed=self.seed, config=self.linear_config)  # fmt: skip
+        result = {}
+        for prefix, scores in probes.items():
+            est = bootstrap_metrics(y[fold.test], scores, num_resamples=self.num_resamples, seed=self.seed)["accuracy"]
+            result.update({f"{prefix}_accuracy": est.value, f"{prefix}_accuracy_ci_low": est.low,
+                           f"{prefix}_accuracy_ci_high": est.high})  # fmt: skip
         self.history.append((step, result))
         self._last_step = step
         if self.log_to == "metrics":

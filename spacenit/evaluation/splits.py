@@ -1,5 +1,9 @@
 """Which samples train a probe and which test it: hold-out, cross-fitting, few-shot subsets.
 
+- split names: datasets name their parts in many ways (`validation`, `valid`,
+  `dev`, `testing`, ...); `normalize_split` maps the usual names onto train /
+  val / test and refuses any other name loudly, so no sample silently drops
+  out of both sides.
 - hold-out: the dataset's own train/test split when it has one (its `val`
   samples join the training pool; probes carve their own validation split),
   else a seeded stratified split.
@@ -22,6 +26,33 @@ from spacenit.evaluation.errors import ProbeError
 #: n_train value that means "every training sample".
 ALL = -1
 
+#: The three split names probes use, and the names datasets give them (compared case-insensitively).
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training", "trn"),
+    "val": ("val", "valid", "validation", "dev", "development"),
+    "test": ("test", "testing", "tst"),
+}
+_CANONICAL = {alias: name for name, aliases in SPLIT_ALIASES.items() for alias in aliases}
+
+
+def normalize_split(name: str | None, *, where: str = "") -> str | None:
+    """"train", "val" or "test" for any usual split name (None or "" for a sample without one);
+    an unknown name is a ProbeError naming it, `where` it comes from and the accepted names."""
+    if name is None or not str(name).strip():
+        return None
+    canonical = _CANONICAL.get(str(name).strip().lower())
+    if canonical is None:
+        known = ", ".join(f"{k} ({'/'.join(v)})" for k, v in SPLIT_ALIASES.items())
+        raise ProbeError(f"unknown split name {name!r}{f' in {where}' if where else ''}; probes know {known}. "
+                         "Rename the split (or leave it empty to let the probe split the samples)")  # fmt: skip
+    return canonical
+
+
+def normalize_splits(names: list[str | None], *, where: str = "") -> list[str | None]:
+    """`normalize_split` of every name (each distinct name checked once)."""
+    table = {name: normalize_split(name, where=where) for name in set(names)}
+    return [table[name] for name in names]
+
 
 @dataclass(frozen=True)
 class Fold:
@@ -31,7 +62,7 @@ class Fold:
 
 def holdout_folds(targets: np.ndarray, splits: list[str | None], *, test_fraction: float, seed: int) -> list[Fold]:
     """One fold: the dataset's split if it names both train and test samples, else a stratified one."""
-    split = np.array([s or "" for s in splits])
+    split = np.array([s or "" for s in normalize_splits(splits)])
     train, test = np.isin(split, ["train", "val"]), split == "test"
     if train.any() and test.any():
         return [Fold(np.flatnonzero(train), np.flatnonzero(test))]
