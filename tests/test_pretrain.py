@@ -139,13 +139,15 @@ def test_bf16_accumulation_and_in_loop_probe(synthetic_dataset: Path, tmp_path: 
     # A process of its own: accelerate's precision is process-wide state.
     cmd = cli_pretrain(synthetic_dataset, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", "train.steps=2",
                        "train.micro_batch_size=4", "train.mixed_precision=bf16", "train.checkpoint_every=0",
-                       "data.min_patch_size=4", "data.token_budget=200", "objective.name=dual_branch", "train.probe_every=2")  # fmt: skip
+                       "data.min_patch_size=4", "data.token_budget=200", "objective.name=dual_branch", "train.probe_every=2",
+                       "train.probe_linear=true")  # fmt: skip
     proc = subprocess.run([sys.executable, *cmd], env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.isfinite(load_summary(tmp_path / "out")["final_loss"])
     lines = [json.loads(x) for x in (tmp_path / "out" / "mlflow_metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2] and all(x["metrics"]["train/samples"] == 8 for x in lines)
     assert 0.0 <= lines[1]["metrics"]["eval/knn_accuracy"] <= 1.0 and "eval/knn_accuracy" not in lines[0]["metrics"]
+    assert 0.0 <= lines[1]["metrics"]["eval/linear_accuracy"] <= 1.0
 
 
 def test_cli_experiment_dry_run(capsys) -> None:

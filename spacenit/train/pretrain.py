@@ -120,6 +120,8 @@ class TrainConfig(Config):
     #: dataset `probe_dataset` (default: the training dataset), logged as eval/knn_accuracy.
     probe_every: int = 0
     probe_dataset: str | None = None
+    #: Also fit a linear probe at each probe step, logged as eval/linear_accuracy.
+    probe_linear: bool = False
 
 
 #: Named `train` sections (`--preset`): "spec" is the specification's section 7 (the defaults);
@@ -329,7 +331,8 @@ def pretrain(
         from spacenit.evaluation.inloop import KnnProbeCallback
 
         callbacks.append(KnnProbeCallback(tc.probe_dataset or dataset_dir, stats, patch_size=tc.patch_size,
-                                          every_n_steps=tc.probe_every, seed=tc.seed, log_to="metrics"))  # fmt: skip
+                                          every_n_steps=tc.probe_every, seed=tc.seed, log_to="metrics",
+                                          linear=tc.probe_linear))  # fmt: skip
     if run is not None:
         import mlflow
 
