@@ -44,21 +44,26 @@ class EmbedError(ValueError):
     """The model and the data do not fit together."""
 
 
+def _download(model_uri: str, tracking_uri: str | None) -> Path:
+    """The local copy of an MLflow models:/ or runs:/ URI; a missing one is an EmbedError naming the store."""
+    import mlflow
+
+    from spacenit.train.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except mlflow.exceptions.MlflowException as e:
+        raise EmbedError(f"{model_uri}: not found in the MLflow store {uri} ({e.message}); "
+                         "list the registered models with `mlflow models` or the MLflow UI") from None  # fmt: skip
+
+
 def resolve_model(model: str | Path, tracking_uri: str | None = None) -> Path:
     """A checkpoint directory for `model` (a checkpoint, a pretrain output dir, or an MLflow URI)."""
     text = str(model)
     if text.startswith(("models:/", "runs:/")):
-        import mlflow
-
-        from spacenit.train.tracking import default_tracking_uri
-
-        uri = tracking_uri or default_tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
-        except mlflow.exceptions.MlflowException as e:
-            raise EmbedError(f"{text}: not found in the MLflow store {uri} ({e.message}); "
-                             "list the registered models with `mlflow models` or the MLflow UI") from None  # fmt: skip
+        local = _download(text, tracking_uri)
         candidates = [local / "artifacts" / "checkpoint", local / "checkpoint", local]
         for c in candidates:
             if (c / "model.safetensors").is_file():
@@ -246,12 +251,7 @@ def load_external_model(model: str | Path, tracking_uri: str | None = None):
     if text in EXTERNAL_ENCODERS:
         return load_external(text)
     if text.startswith(("models:/", "runs:/")):
-        import mlflow
-
-        from spacenit.train.tracking import default_tracking_uri
-
-        mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        local = _download(text, tracking_uri)
         marker = next((p for p in (local / "artifacts" / EXTERNAL_JSON, local / EXTERNAL_JSON) if p.is_file()), None)
         if marker is not None:
             import json
