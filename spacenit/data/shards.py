@@ -433,7 +433,8 @@ class Shard:
                 try:
                     self._arrays[name] = self._handle[name]
                 except (KeyError, OSError, ValueError, json.JSONDecodeError) as e:
-                    raise ShardError(f"shard {self.path} has no readable array {name!r} ({type(e).__name__}: {e}); "
+                    where = f" ({self.path / name / 'zarr.json'})" if self.storage == "zarr" else ""
+                    raise ShardError(f"shard {self.path} has no readable array {name!r}{where} ({type(e).__name__}: {e}); "
                                      "re-run `spacenit convert`") from None  # fmt: skip
             return self._arrays[name]
 
